@@ -1,0 +1,5 @@
+"""`python -m sparsity_lab` runs the command-line interface."""
+
+from sparsity_lab.cli import main
+
+raise SystemExit(main())

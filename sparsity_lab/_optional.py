@@ -1,0 +1,17 @@
+"""Import course-only dependencies lazily, with an error that says which extra provides them."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+def require(module: str, extra: str = "course") -> ModuleType:
+    """Import `module` or raise ImportError naming the `sparsity_lab[extra]` that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{module!r} is needed here but is not installed; install it with "
+            f"`pip install \"sparsity_lab[{extra}]\"` (or `pip install {module.split('.')[0]}`)."
+        ) from err

@@ -1,0 +1,49 @@
+"""`sparsity-lab doctor`, the command-line entry points, and finding the course checkout."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sparsity_lab import cli, doctor
+
+
+def test_diagnosis_on_this_machine_is_consistent():
+    found = doctor.diagnose()
+    modes = found.lecture_modes()
+    assert set(modes) == set(doctor.LECTURE_NEEDS)
+    assert modes["00_tour"] == "live"
+    if "cuda" not in found.capabilities:
+        assert found.cuda_capability is None and not found.cutlass_24
+        assert modes["05_semi_structured"].startswith("recorded GPU results (needs cuda")
+
+
+def test_cutlass_24_only_on_sm8x():
+    base = dict(python="3", torch="2", device="gpu", cusparselt=None, cusparselt_library=None, triton=None)
+    assert doctor.Diagnosis(cuda_capability=(8, 0), **base).cutlass_24
+    assert not doctor.Diagnosis(cuda_capability=(9, 0), **base).cutlass_24
+
+
+def test_report_names_every_part():
+    text = doctor.diagnose().report()
+    for word in ("torch", "CUDA capability", "cuSPARSELt", "Triton", "CUTLASS 2:4", "08_sparse_training"):
+        assert word in text
+
+
+@pytest.mark.parametrize("entry", [[sys.executable, "-m", "sparsity_lab", "doctor"]])
+def test_module_entry_point_runs_doctor(entry):
+    out = subprocess.run(entry, capture_output=True, text=True, check=True).stdout
+    assert "torch" in out and "lectures:" in out
+
+
+def test_find_course_root_walks_up_and_explains_failure(tmp_path):
+    root = cli.find_course_root()
+    assert (root / "lectures").is_dir()
+    assert cli.find_course_root(root / "sparsity_lab") == root
+    with pytest.raises(FileNotFoundError, match="no course checkout found"):
+        cli.find_course_root(tmp_path)
+
+
+def test_grade_rejects_unknown_exercise():
+    with pytest.raises(ValueError, match="known exercises"):
+        cli.main(["grade", "ex99"])

@@ -1,0 +1,45 @@
+"""Files that must agree: environment.yml with pyproject.toml, README's test command with .ci/run."""
+
+import re
+
+import tomllib
+import yaml
+
+from sparsity_lab.cli import find_course_root
+
+ROOT = find_course_root()
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!\[ ;]", requirement, maxsplit=1)[0].lower()
+
+
+def test_environment_yml_matches_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_names = {_name(d) for d in conda}
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        assert CONDA_NAMES.get(_name(requirement), _name(requirement)) in conda_names, requirement
+    torch_pin = next(r for r in PYPROJECT["project"]["dependencies"] if _name(r) == "torch")
+    assert any(d.replace(" ", "") == "pytorch" + torch_pin[len("torch"):] for d in conda), "torch floors differ"
+    python = next(d for d in conda if _name(d) == "python").split("=")[-1]
+    floor = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    assert tuple(map(int, python.split("."))) >= tuple(map(int, floor.split(".")))
+    assert "-e .[course]" in pip, "environment.yml must install the repo with the course extras"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
+    assert match, "README.md must mark its test command with <!-- test-command -->"
+    command = match.group(1).strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert command in ci, f".ci/run must run README's test command: {command}"
+
+
+def test_course_extra_has_what_widgets_and_grading_need():
+    course = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["course"]}
+    assert {"jupyterlab", "ipywidgets", "plotly", "scikit-learn", "tqdm", "anywidget", "pytest"} <= course
