@@ -1,4 +1,4 @@
-"""The `sparsity-lab` command: doctor, lectures, grade."""
+"""The `sparsity-lab` command: doctor, lectures, grade, bench."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def _grade(args: argparse.Namespace) -> int:
     return grade(root, exercise=args.exercise, source=args.source, verbose=args.verbose)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    from sparsity_lab.bench import available
+
+    if args.name not in available():
+        print(f"no benchmark {args.name!r}; available: {', '.join(available()) or 'none yet'}", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"sparsity_lab.bench.{args.name}").main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsity-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grade.add_argument("-v", "--verbose", action="store_true", help="show pytest's full output")
     grade.set_defaults(run=_grade)
+
+    bench = commands.add_parser("bench", help="run a benchmark and write its results file")
+    bench.add_argument("name", help="which benchmark (see sparsity_lab/bench/)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -6,6 +6,11 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests stay quick on CI's 2 cores; deadline off because the first example pays for imports.
+settings.register_profile("ci", max_examples=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

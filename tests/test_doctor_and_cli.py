@@ -44,6 +44,11 @@ def test_find_course_root_walks_up_and_explains_failure(tmp_path):
         cli.find_course_root(tmp_path)
 
 
+def test_bench_rejects_unknown_name(capsys):
+    assert cli.main(["bench", "no_such_bench"]) == 2
+    assert "no benchmark 'no_such_bench'" in capsys.readouterr().err
+
+
 def test_grade_rejects_unknown_exercise():
     with pytest.raises(ValueError, match="known exercises"):
         cli.main(["grade", "ex99"])

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from sparsity_lab import plots
 from sparsity_lab._optional import require
 from sparsity_lab.data import Digits
+from sparsity_lab.plots import pruning as plots
 from sparsity_lab.sweeps import pruned_copy
 from sparsity_lab.train import evaluate
 

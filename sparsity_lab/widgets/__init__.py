@@ -1,0 +1,1 @@
+"""Thin ipywidgets shells around `sparsity_lab.plots`, one module per topic."""
