@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PASS_THROUGH = {"lectures": "jupyter_args", "bench": "bench_args"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # parse_known_args: argparse's REMAINDER drops leading options such as `lectures --no-browser`.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command not in PASS_THROUGH:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        setattr(args, PASS_THROUGH[args.command], unknown + getattr(args, PASS_THROUGH[args.command]))
     return args.run(args)

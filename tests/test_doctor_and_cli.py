@@ -44,6 +44,21 @@ def test_find_course_root_walks_up_and_explains_failure(tmp_path):
         cli.find_course_root(tmp_path)
 
 
+def test_lectures_starts_jupyterlab_on_the_lectures_folder(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    assert cli.main(["lectures", "--no-browser"]) == 0
+    (command,) = calls
+    assert command[1:4] == ["-m", "jupyter", "lab"]
+    assert command[4] == str(cli.find_course_root() / "lectures") and command[5:] == ["--no-browser"]
+
+
+def test_grade_prints_a_report_and_exits_by_outcome(capsys):
+    assert cli.main(["grade", "ex00", "--source", "solutions"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("grading solutions/") and "PASS" in out and "FAIL" not in out
+
+
 def test_bench_rejects_unknown_name(capsys):
     assert cli.main(["bench", "no_such_bench"]) == 2
     assert "no benchmark 'no_such_bench'" in capsys.readouterr().err

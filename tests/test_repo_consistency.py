@@ -40,6 +40,15 @@ def test_readme_test_command_is_what_ci_runs():
     assert command in ci, f".ci/run must run README's test command: {command}"
 
 
+def test_readme_quick_start_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## The library\s*```python\n(.+?)\n```", readme, re.DOTALL)
+    assert block, "README.md must keep a python quick start under '## The library'"
+    namespace: dict = {}
+    exec(compile(block.group(1), "README quick start", "exec"), namespace)
+    assert namespace["sparsity_of"](namespace["model"].net[1].weight) == 0.75
+
+
 def test_course_extra_has_what_widgets_and_grading_need():
     course = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["course"]}
     assert {"jupyterlab", "ipywidgets", "plotly", "scikit-learn", "tqdm", "anywidget", "pytest"} <= course
