@@ -4,7 +4,7 @@ Optimal Brain Damage needs h_kk = d2E/dw_k^2 for every weight. These functions r
 layer name -> tensor shaped like that layer's weight (the layers of `sparsity_lab.prune.prunable_layers`), for the
 *mean* loss over the samples given:
 
-- `exact_diagonal`: Hessian-vector products with basis vectors, batched (small models: one product per weight);
+- `exact_diagonal`: Hessian-vector products with basis vectors (small models: one product per weight);
 - `hutchinson_diagonal`: E[z * Hz] over Rademacher z, unbiased but noisy, and it can come out negative;
 - `ggn_diagonal`: the exact diagonal of the generalized Gauss-Newton matrix J^T H_out J (C backward passes);
 - `lecun_diagonal`: the paper's recursion (LeCun, Denker & Solla 1989): second derivatives back-propagated with the
@@ -71,31 +71,27 @@ def _unflatten(flat: torch.Tensor, model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _batched_hvp(grad: torch.Tensor, params: list, vectors: torch.Tensor) -> torch.Tensor:
-    """H @ v for each row v of `vectors` (batch, n), by one batched double-backward."""
-    rows = torch.autograd.grad(grad, params, grad_outputs=vectors, is_grads_batched=True, retain_graph=True)
-    return torch.cat([r.reshape(vectors.shape[0], -1) for r in rows], dim=1)
+def _hvp(grad: torch.Tensor, params: list, vector: torch.Tensor) -> torch.Tensor:
+    """H @ vector by double backward through the flat gradient (the graph is kept for the next product)."""
+    rows = torch.autograd.grad(grad, params, grad_outputs=vector, retain_graph=True)
+    return torch.cat([r.reshape(-1) for r in rows]).detach()
 
 
-def exact_diagonal(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", chunk: int = 256
-) -> dict[str, torch.Tensor]:
-    """The exact Hessian diagonal: one Hessian-vector product per weight, `chunk` at a time (small models only)."""
+def exact_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> dict[str, torch.Tensor]:
+    """The exact Hessian diagonal: one Hessian-vector product per weight (e_k^T H e_k), so small models only."""
     _check_data(x, y)
     grad, params = _flat_grad(model, x, y, loss)
-    n = grad.numel()
-    diag = torch.empty(n, dtype=grad.dtype)
-    for start in range(0, n, chunk):
-        idx = torch.arange(start, min(start + chunk, n))
-        basis = torch.zeros(idx.numel(), n, dtype=grad.dtype)
-        basis[torch.arange(idx.numel()), idx] = 1.0
-        diag[idx] = _batched_hvp(grad, params, basis)[torch.arange(idx.numel()), idx]
+    diag = torch.empty(grad.numel(), dtype=grad.dtype)
+    basis = torch.zeros_like(grad)
+    for k in range(grad.numel()):
+        basis[k] = 1.0
+        diag[k] = _hvp(grad, params, basis)[k]
+        basis[k] = 0.0
     return _unflatten(diag, model)
 
 
 def hutchinson_diagonal(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", samples: int = 100, seed: int = 0,
-    chunk: int = 64,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", samples: int = 100, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Hutchinson's estimate mean_z[z * Hz] over `samples` Rademacher vectors z: unbiased, noisy, may be negative."""
     _check_data(x, y)
@@ -103,12 +99,21 @@ def hutchinson_diagonal(
         raise ValueError(f"samples must be >= 1, got {samples}")
     grad, params = _flat_grad(model, x, y, loss)
     generator = torch.Generator().manual_seed(seed)
-    total = torch.zeros(grad.numel(), dtype=grad.dtype)
-    for start in range(0, samples, chunk):
-        k = min(chunk, samples - start)
-        z = torch.randint(0, 2, (k, grad.numel()), generator=generator).to(grad.dtype) * 2 - 1
-        total += (z * _batched_hvp(grad, params, z)).sum(0)
-    return _unflatten(total / samples, model)
+    total = torch.zeros_like(grad)
+    for _ in range(samples):
+        z = torch.randint(0, 2, grad.shape, generator=generator).to(grad.dtype) * 2 - 1
+        total += z * _hvp(grad, params, z)
+    return _unflatten(total.detach() / samples, model)
+
+
+def hessian_vector_product(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, vector: dict[str, torch.Tensor], loss: str = "ce"
+) -> dict[str, torch.Tensor]:
+    """H v for a direction v over the prunable weights (layer name -> tensor), e.g. a deletion step."""
+    _check_data(x, y)
+    grad, params = _flat_grad(model, x, y, loss)
+    flat = torch.cat([vector[name].reshape(-1).to(grad.dtype) for name in weight_params(model)])
+    return _unflatten(_hvp(grad, params, flat), model)
 
 
 def layer_hessian(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:

@@ -67,7 +67,6 @@ def predicted_increase(scores: Scores, deleted: dict[str, torch.Tensor]) -> floa
 
 
 def _obs_inverse(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, loss: str, damping: float):
-    weight = dict(prunable_layers(model))[layer].weight.detach()
     h = layer_hessian(model, layer, x, y, loss).to(torch.float64)
     h = h + damping * h.diagonal().mean().clamp(min=1e-12) * torch.eye(h.shape[0], dtype=h.dtype)
     try:
@@ -75,7 +74,7 @@ def _obs_inverse(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,
     except torch.linalg.LinAlgError as err:
         raise ValueError(f"the Hessian block of layer {layer!r} is not positive definite with damping {damping}; "
                          "raise `damping` or choose the output layer (whose block is always PSD)") from err
-    return weight, torch.cholesky_inverse(chol)
+    return prunable_layers(model)[layer].weight.detach(), torch.cholesky_inverse(chol)
 
 
 def obs_saliency(
@@ -87,7 +86,6 @@ def obs_saliency(
     return (weight.reshape(-1).double().pow(2) / (2 * inverse.diagonal())).reshape(weight.shape).to(weight.dtype)
 
 
-@torch.no_grad()
 def obs_prune(
     model: nn.Module, layer: str, count: int, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
     damping: float = 1e-4,
@@ -114,8 +112,9 @@ def obs_prune(
         inverse = inverse - torch.outer(inverse[:, q], inverse[q, :]) / inverse[q, q]
         alive[q] = False
         predicted.append(total)
-    module = dict(prunable_layers(model))[layer]
-    weight_params(model)[layer].copy_(w.reshape(weight.shape).to(weight.dtype))
+    module = prunable_layers(model)[layer]
+    with torch.no_grad():
+        weight_params(model)[layer].copy_(w.reshape(weight.shape).to(weight.dtype))
     apply_mask(module, alive.reshape(weight.shape))
     return predicted
 
@@ -140,8 +139,9 @@ def wanda(model: nn.Module, x: torch.Tensor) -> Scores:
 
 
 def saliency(model: nn.Module, method: str, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
-             loss: str = "ce", seed: int = 0, **options) -> Scores:
-    """Scores by name: "magnitude", "random", "wanda" (needs x) or "obd-<estimator>" (needs x, y), e.g. "obd-ggn"."""
+             loss: str = "ce", seed: int = 0, samples: int = 100) -> Scores:
+    """Scores by name: "magnitude", "random", "wanda" (needs x) or "obd-<estimator>" (needs x, y), e.g. "obd-ggn";
+    `seed` drives "random" and Hutchinson's probes, `samples` is Hutchinson's number of probes."""
     if method == "magnitude":
         return magnitude(model)
     if method == "random":
@@ -152,8 +152,7 @@ def saliency(model: nn.Module, method: str, x: torch.Tensor | None = None, y: to
         return wanda(model, x)
     if method.startswith("obd-") and y is not None:
         hessian = method.removeprefix("obd-")
-        if hessian == "hutchinson":
-            options.setdefault("seed", seed)
+        options = {"samples": samples, "seed": seed} if hessian == "hutchinson" else {}
         return obd(model, x, y, hessian=hessian, loss=loss, **options)
     raise ValueError(f"unknown saliency {method!r} (or y missing for OBD); choose from {METHODS}")
 
