@@ -61,3 +61,94 @@ def test_prune_by_magnitude_masks_every_prunable_layer():
     model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
     prune.prune_by_magnitude(model, 0.5)
     assert [prune.sparsity_of(m.weight) for m in prune.prunable_layers(model).values()] == [0.5, 0.5]
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+
+
+def test_global_scores_prune_the_lowest_across_layers():
+    model = _net()
+    scores = {"0": torch.full((5, 6), 100.0), "2": torch.arange(20.0).reshape(4, 5)}
+    prune.prune_by_scores(model, scores, 20 / 50)
+    assert prune.sparsity_of(model[2].weight) == 1.0 and prune.sparsity_of(model[0].weight) == 0.0
+
+
+def test_layer_scope_prunes_each_layer_at_the_sparsity():
+    model = _net()
+    scores = {"0": torch.rand(5, 6), "2": torch.rand(4, 5)}
+    prune.prune_by_scores(model, scores, 0.5, scope="layer")
+    assert [r["zeros"] for r in prune.sparsity_report(model)] == [15, 10, 25]
+
+
+def test_pruned_weights_stay_pruned_when_scores_change():
+    model = _net()
+    prune.prune_by_scores(model, {"0": torch.arange(30.0).reshape(5, 6), "2": torch.full((4, 5), 99.0)}, 0.2)
+    first = prune.current_mask(model[0])
+    prune.prune_by_scores(model, {"0": -torch.arange(30.0).reshape(5, 6), "2": torch.full((4, 5), 99.0)}, 0.4)
+    second = prune.current_mask(model[0])
+    assert not (second & ~first).any(), "a pruned weight came back"
+    assert int((~second).sum()) == 20
+
+
+def test_scores_are_validated_by_layer_name_and_shape():
+    model = _net()
+    good = {"0": torch.rand(5, 6), "2": torch.rand(4, 5)}
+    with pytest.raises(KeyError, match="prunable layers"):
+        prune.prune_by_scores(model, {"0": good["0"]}, 0.5)
+    with pytest.raises(ValueError, match=r"scores\['2'\] has shape \(5, 4\)"):
+        prune.prune_by_scores(model, {"0": good["0"], "2": torch.rand(5, 4)}, 0.5)
+    with pytest.raises(ValueError, match="non-finite"):
+        prune.prune_by_scores(model, {"0": good["0"], "2": torch.full((4, 5), float("nan"))}, 0.5)
+    with pytest.raises(ValueError, match="sparsity must be a fraction"):
+        prune.prune_by_scores(model, good, 1.0)
+    with pytest.raises(ValueError, match="scope must be"):
+        prune.prune_by_scores(model, good, 0.5, scope="row")
+
+
+@pytest.mark.parametrize("kind", prune.SCHEDULES)
+def test_schedules_rise_to_the_final_sparsity(kind):
+    steps = prune.sparsity_schedule(0.9, 5, kind)
+    assert len(steps) == 5 and steps == sorted(steps) and steps[-1] == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        prune.sparsity_schedule(1.2, 5, kind)
+
+
+def test_cubic_schedule_front_loads_the_pruning():
+    assert prune.sparsity_schedule(0.8, 4, "cubic")[0] > prune.sparsity_schedule(0.8, 4, "linear")[0]
+
+
+def test_iterative_prune_rescores_finetunes_and_reports_each_round():
+    model = _net()
+    x, y = torch.randn(64, 6), torch.randint(0, 4, (64,))
+    calls = []
+
+    def finetune(m):
+        calls.append(prune.sparsity_report(m)[-1]["sparsity"])
+        optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(m(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    def magnitude(m):
+        return {n: mod.weight.detach().abs() for n, mod in prune.prunable_layers(m).items()}
+
+    rows = prune.iterative_prune(
+        model, magnitude, prune.sparsity_schedule(0.6, 3, "linear"), finetune=finetune,
+        evaluate=lambda m: {"zeros": prune.sparsity_report(m)[-1]["zeros"]})
+    assert calls == pytest.approx([0.2, 0.4, 0.6])
+    assert [r["zeros"] for r in rows] == [10, 20, 30]
+    with pytest.raises(ValueError, match="must not decrease"):
+        prune.iterative_prune(_net(), magnitude, [0.5, 0.3])
+
+
+def test_sparsity_report_and_its_table():
+    model = _net()
+    prune.prune_by_magnitude(model, 0.5)
+    rows = prune.sparsity_report(model)
+    assert [r["layer"] for r in rows] == ["0", "2", "total"]
+    assert rows[-1] == {"layer": "total", "shape": (), "weights": 50, "zeros": 25, "sparsity": 0.5}
+    assert "total" in prune.format_sparsity_report(model).splitlines()[-1]
