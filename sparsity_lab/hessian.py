@@ -18,6 +18,8 @@ entries come out zero. `ggn_diagonal`, `fisher_diagonal` and `lecun_diagonal` us
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -104,6 +106,15 @@ def hutchinson_diagonal(
         z = torch.randint(0, 2, grad.shape, generator=generator).to(grad.dtype) * 2 - 1
         total += z * _hvp(grad, params, z)
     return _unflatten(total.detach() / samples, model)
+
+
+def flat_hvp(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce"
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """(v -> H v, n) over all prunable weights flattened in layer order: a Hessian you can only multiply by."""
+    _check_data(x, y)
+    grad, params = _flat_grad(model, x, y, loss)
+    return (lambda v: _hvp(grad, params, v.to(grad.dtype))), grad.numel()
 
 
 def hessian_vector_product(
