@@ -72,6 +72,12 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> n
     if mask.shape != weight.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)} but {name} has shape {tuple(weight.shape)}")
     if parametrize.is_parametrized(module, name):
+        existing = getattr(module.parametrizations, name)
+        if len(existing) == 1 and isinstance(existing[0], Mask):
+            # replace the mask in place: removing the parametrization would edit the module's class, which a
+            # deep copy of this module shares (and would break)
+            existing[0].mask = mask.to(device=weight.device, dtype=torch.bool)
+            return module
         parametrize.remove_parametrizations(module, name, leave_parametrized=False)
     parametrize.register_parametrization(module, name, Mask(mask.to(weight.device)))
     return module

@@ -152,3 +152,22 @@ def test_sparsity_report_and_its_table():
     assert [r["layer"] for r in rows] == ["0", "2", "total"]
     assert rows[-1] == {"layer": "total", "shape": (), "weights": 50, "zeros": 25, "sparsity": 0.5}
     assert "total" in prune.format_sparsity_report(model).splitlines()[-1]
+
+
+def test_a_deep_copy_of_a_pruned_model_can_be_pruned_again_without_breaking_the_original():
+    import copy
+
+    model = _net()
+    prune.prune_by_magnitude(model, 0.5)
+    twin = copy.deepcopy(model)
+    prune.prune_by_magnitude(twin, 0.8)
+    x = torch.randn(3, 6)
+    model(x), twin(x)
+    assert prune.sparsity_of(model[0].weight) == 0.5 and prune.sparsity_of(twin[0].weight) == pytest.approx(0.8)
+
+
+def test_replacing_a_mask_can_restore_weights():
+    layer = nn.Linear(4, 4)
+    prune.apply_mask(layer, torch.zeros(4, 4, dtype=torch.bool))
+    prune.apply_mask(layer, torch.ones(4, 4, dtype=torch.bool))
+    assert prune.sparsity_of(layer.weight) == 0.0
