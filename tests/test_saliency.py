@@ -48,6 +48,7 @@ def _backpack_diagonals(model, x, y, loss):
             {n: m.weight.diag_ggn_exact * scale for n, m in layers.items()})
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning")
 @pytest.mark.parametrize("loss", ["ce", "mse"])
 @pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU])
 def test_exact_and_ggn_diagonals_match_backpack(data, loss, activation):
