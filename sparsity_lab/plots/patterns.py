@@ -127,9 +127,9 @@ def study_sweep(
 def paired_differences_figure(
     pairs: Sequence[dict[str, Any]], title: str = "Seed-by-seed differences (a − b)"
 ) -> plotly.graph_objects.Figure:  # noqa: F821
-    """One panel per measure: each comparison's per-seed differences (dots) and mean ± 2 standard errors.
+    """One panel per measure: each comparison's per-seed differences (dots) and mean with its 95% interval.
 
-    A comparison whose dots all sit on one side of zero, with the error bar clear of it, separates the patterns.
+    A comparison whose interval is clear of zero (paired t-test, 5%) separates the patterns: drawn red.
     """
     go = require("plotly.graph_objects")
     subplots = require("plotly.subplots")
@@ -148,9 +148,9 @@ def paired_differences_figure(
                                      showlegend=False, name=label), row=1, col=col)
             fig.add_trace(go.Scatter(x=[label], y=[scale * pair["mean"]], mode="markers",
                                      marker=dict(size=12, symbol="diamond", color=color),
-                                     error_y=dict(type="data", array=[2 * scale * pair["stderr"]]),
+                                     error_y=dict(type="data", array=[scale * pair["ci95"]]),
                                      showlegend=False, name=f"{label} mean"), row=1, col=col)
         fig.add_hline(y=0, line_dash="dot", line_color="black", row=1, col=col)
-    fig.update_layout(title=title + " — red: separates (every seed the same sign, mean > 2 SE from 0)",
+    fig.update_layout(title=title + " — red: the 95% interval excludes 0 (paired t-test)",
                       template="plotly_white", height=420)
     return fig
