@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sparsity_lab import pattern_study as study
-from sparsity_lab.results import RECORDED_DIR, save_results
+from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
 
 NAME = "pattern_study"
 # (pattern, baseline, sparsity): the comparisons the lecture asks about.
@@ -50,14 +50,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the study reports spread over seeds)")
-    torch.set_num_threads(args.threads)
     config = study.StudyConfig(seeds=tuple(range(args.seeds)), hidden=args.hidden, train_epochs=args.train_epochs,
                                finetune_epochs=args.finetune_epochs)
     points = study.study_points(sweep_families=() if args.no_sweep else study.SWEEP_FAMILIES)
-    start = time.perf_counter()
-    rows = study.run_pattern_study(points, config, progress=True)
-    seconds = time.perf_counter() - start
-    path = save_results(NAME, figures(rows, config, seconds), args.out)
-    print(f"{len(rows)} rows ({len(points)} points x {args.seeds} seeds) in {seconds:.0f} s "
-          f"on {torch.get_num_threads()} threads -> {path}")
+    with study.torch_threads(args.threads):  # inside, so the recorded device names the threads used
+        start = time.perf_counter()
+        rows = study.run_pattern_study(points, config, progress=True, threads=None)
+        seconds = time.perf_counter() - start
+        path = save_results(NAME, figures(rows, config, seconds), args.out, environment=record_environment("cpu"))
+        print(f"{len(rows)} rows ({len(points)} points x {args.seeds} seeds) in {seconds:.0f} s "
+              f"on {torch.get_num_threads()} threads -> {path}")
     return 0
