@@ -270,7 +270,12 @@ class Pattern:
         if self.kind == "nm":
             self._check_nm_sparsity(sparsity)
             return self.fixed_sparsity
-        groups = self._groups(tuple(shape))
+        if sparsity is None:
+            raise ValueError(f"pattern {self.name!r} needs a sparsity")
+        shape = tuple(shape)
+        if self.kind == "column" and len(shape) < 2:
+            raise ValueError(f"column pruning needs at least 2 dimensions, got shape {shape}")
+        groups = self._groups(shape)
         return round(check_sparsity(sparsity) * groups) / groups
 
     def _check_nm_sparsity(self, sparsity: float | None) -> None:

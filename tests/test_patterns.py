@@ -168,6 +168,8 @@ def test_parse_pattern_names_round_trip():
         (lambda: parse_pattern("row").mask(torch.rand(8, 16), 0.3, strict=True), "cannot drop exactly 38 of 128"),
         (lambda: parse_pattern("diagonal"), "unknown pattern 'diagonal'"),
         (lambda: column_mask(torch.rand(5), 0.5), "at least 2 dimensions"),
+        (lambda: parse_pattern("column").achieved_sparsity((5,), 0.5), "at least 2 dimensions"),
+        (lambda: parse_pattern("block 2x2").achieved_sparsity((4, 4), None), "needs a sparsity"),
     ],
 )
 def test_bad_input_gets_an_error_that_names_it(call, message):
