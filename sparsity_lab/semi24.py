@@ -151,7 +151,8 @@ def prune(dense_or_scores: torch.Tensor, pattern: str = "2:4") -> torch.Tensor:
                          f"to form groups of {m} for the {pattern} pattern")
     _check_dtype(x.dtype, "simple", "dense_or_scores")
     check_scores(x, name="dense_or_scores")
-    magnitude = x.detach().to(torch.float64).abs().reshape(*x.shape[:-1], -1, m)  # float64 holds int8/-128 exactly
+    # float64 holds every int8..int32 (and -128's magnitude) exactly
+    magnitude = x.detach().to(torch.float64).abs().reshape(*x.shape[:-1], x.shape[-1] // m, m)
     a, b = magnitude.unsqueeze(-1), magnitude.unsqueeze(-2)  # a[..., i, 0] vs b[..., 0, j]
     earlier = torch.ones(m, m, dtype=torch.bool, device=x.device).tril(-1)  # earlier[i, j]: j < i
     beats = (b > a) | ((b == a) & earlier)  # beats[..., i, j]: entry j outranks entry i
@@ -162,7 +163,7 @@ def check_pattern(dense: torch.Tensor, pattern: str = "2:4", name: str = "dense"
     """Raise, naming the first offending group (row, columns), if a 2-D `dense` has more than N non-zeros in some
     group of M consecutive columns."""
     n, m = parse_pattern(pattern)
-    count = (dense != 0).reshape(dense.shape[0], -1, m).sum(-1)
+    count = (dense != 0).reshape(dense.shape[0], dense.shape[1] // m, m).sum(-1)
     bad = (count > n).nonzero()
     if len(bad):
         row, group = bad[0].tolist()
@@ -186,7 +187,8 @@ def _fill_positions(nonzero: torch.Tensor) -> torch.Tensor:
 def _pack_words(nibbles: torch.Tensor, per_word: int, dtype: torch.dtype) -> torch.Tensor:
     """(rows, n) nibbles -> (rows, n / per_word) words of `dtype`, nibble q of each word at bits 4q..4q+3."""
     shifts = 4 * torch.arange(per_word, device=nibbles.device)
-    words = (nibbles.reshape(nibbles.shape[0], -1, per_word).to(torch.int64) << shifts).sum(-1)
+    grouped = nibbles.reshape(nibbles.shape[0], nibbles.shape[1] // per_word, per_word).to(torch.int64)
+    words = (grouped << shifts).sum(-1)
     bits = 8 * torch.empty((), dtype=dtype).element_size()
     words = torch.where(words >= 2 ** (bits - 1), words - 2**bits, words)  # two's complement, no overflow cast
     return words.to(dtype)
@@ -195,7 +197,7 @@ def _pack_words(nibbles: torch.Tensor, per_word: int, dtype: torch.dtype) -> tor
 def _unpack_words(words: torch.Tensor, per_word: int) -> torch.Tensor:
     """Inverse of `_pack_words`: (rows, w) words -> (rows, w * per_word) nibbles as int64."""
     shifts = 4 * torch.arange(per_word, device=words.device)
-    return ((words.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF).reshape(words.shape[0], -1)
+    return ((words.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF).reshape(words.shape[0], words.shape[1] * per_word)
 
 
 def cutlass_meta_offsets(rows: int, words: int, meta: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -236,7 +238,7 @@ def _encode(positions: torch.Tensor, kept: torch.Tensor, layout: str, dtype: tor
             nibbles = torch.cat([nibbles, nibbles.new_zeros(rows, 1)], dim=1)
         return values, _pack_words(nibbles, 2, torch.uint8)
     if dtype == torch.float32:  # one nibble per pair: first float kept -> 0b0100, second -> 0b1110
-        first = torch.stack([positions[..., 0] == 0, positions[..., 1] == 2], dim=-1).reshape(rows, -1)
+        first = torch.stack([positions[..., 0] == 0, positions[..., 1] == 2], dim=-1).reshape(rows, 2 * groups)
         nibbles = torch.where(first, _NIBBLE_FIRST, _NIBBLE_SECOND)
     else:
         nibbles = positions[..., 0] | (positions[..., 1] << 2)
@@ -372,7 +374,7 @@ def matmul(values: torch.Tensor, meta: torch.Tensor, other: torch.Tensor, layout
         accumulate = torch.int32 if values.element_size() < 8 else torch.int64
     columns = (4 * torch.arange(groups).unsqueeze(-1) + positions).reshape(rows, 2 * groups)  # which inputs
     gathered = other2.to(accumulate)[columns]  # (rows, cols / 2, n): the activations each kept value multiplies
-    out = (values.to(accumulate).unsqueeze(-1) * gathered).sum(1)
+    out = (values.to(accumulate).unsqueeze(-1) * gathered).sum(1, dtype=accumulate)
     return out.squeeze(1) if vector else out
 
 
