@@ -381,3 +381,13 @@ def matmul(values: torch.Tensor, meta: torch.Tensor, other: torch.Tensor, layout
 def nbytes(values: torch.Tensor, meta: torch.Tensor) -> int:
     """Bytes the compressed form takes: values plus metadata."""
     return values.numel() * values.element_size() + meta.numel() * meta.element_size()
+
+
+def footprint(dense: torch.Tensor, layout: str = "cutlass") -> dict[str, object]:
+    """Compress `dense` and measure it: dtype, layout, dense_bytes, values_bytes, meta_bytes, ratio (2:4 / dense)."""
+    values, meta = compress(dense, layout)
+    dense_bytes = dense.numel() * dense.element_size()
+    values_bytes, meta_bytes = values.numel() * values.element_size(), meta.numel() * meta.element_size()
+    return dict(dtype=str(dense.dtype).removeprefix("torch."), layout=layout, dense_bytes=dense_bytes,
+                values_bytes=values_bytes, meta_bytes=meta_bytes,
+                ratio=(values_bytes + meta_bytes) / dense_bytes if dense_bytes else float("nan"))
