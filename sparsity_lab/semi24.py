@@ -274,6 +274,21 @@ def compress(dense: torch.Tensor, layout: str = "cutlass") -> tuple[torch.Tensor
     return _encode(positions, kept, layout, dense.dtype)
 
 
+def nibbles(meta: torch.Tensor, layout: str = "cutlass") -> torch.Tensor:
+    """The metadata's 4-bit nibbles as int64 (rows, n), row-major (CUTLASS's reordering undone), for reading.
+
+    A nibble describes a group of 4 columns (a pair of columns for float32 in the cutlass layout). The simple
+    layout's unused last nibble of a row with an odd number of groups is included.
+    """
+    meta = _check_tensor(meta, "meta")
+    _check_layout(layout)
+    per_word = {torch.uint8: 2, torch.int16: 4, torch.int32: 8}.get(meta.dtype) if meta.dim() == 2 else None
+    if per_word is None or (layout == "simple") != (meta.dtype == torch.uint8):
+        raise ValueError(f"meta must be 2-D uint8 (simple) or int16/int32 (cutlass); got {meta.dtype} "
+                         f"{tuple(meta.shape)} for layout {layout!r}")
+    return _unpack_words(meta if layout == "simple" else _unreorder(meta), per_word)
+
+
 def _decode(values: torch.Tensor, meta: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, meta) -> (rows, G, 2) positions in each group and the (rows, G, 2) kept values as integers."""
     values, meta = _check_tensor(values, "values"), _check_tensor(meta, "meta")
@@ -293,28 +308,28 @@ def _decode(values: torch.Tensor, meta: torch.Tensor, layout: str) -> tuple[torc
         raise ValueError(f"meta is {meta.dtype} {tuple(meta.shape)}, but {layout} metadata for values "
                          f"{values.dtype} {tuple(values.shape)} is {expected_dtype} {expected_shape}")
     if layout == "simple":
-        nibbles = _unpack_words(meta, 2)
-        if groups % 2 and (nibbles[:, -1] != 0).any():
-            row = int((nibbles[:, -1] != 0).nonzero()[0])
+        nibs = nibbles(meta, "simple")
+        if groups % 2 and (nibs[:, -1] != 0).any():
+            row = int((nibs[:, -1] != 0).nonzero()[0])
             raise ValueError(f"meta row {row}: the unused high nibble of its last byte must be 0")
-        nibbles = nibbles[:, :groups]
+        nibs = nibs[:, :groups]
     else:
-        nibbles = _unpack_words(_unreorder(meta), _nibbles_per_word(values.dtype))
+        nibs = nibbles(meta, "cutlass")
     if layout == "cutlass" and values.dtype == torch.float32:
-        valid = (nibbles == _NIBBLE_FIRST) | (nibbles == _NIBBLE_SECOND)
+        valid = (nibs == _NIBBLE_FIRST) | (nibs == _NIBBLE_SECOND)
         what = "a float32 pair must be 0b0100 (first float) or 0b1110 (second)"
-        positions = torch.where(nibbles == _NIBBLE_FIRST, 0, 1).reshape(rows, groups, 2) + torch.tensor([0, 2])
-        nibbles_per_group = 2
+        positions = torch.where(nibs == _NIBBLE_FIRST, 0, 1).reshape(rows, groups, 2) + torch.tensor([0, 2])
+        nibs_per_group = 2
     else:
-        valid = (nibbles & 3) < (nibbles >> 2)
+        valid = (nibs & 3) < (nibs >> 2)
         what = "a group's nibble must name two positions i0 < i1 (i0 in bits 0-1, i1 in bits 2-3)"
-        positions = torch.stack([nibbles & 3, nibbles >> 2], dim=-1)
-        nibbles_per_group = 1
+        positions = torch.stack([nibs & 3, nibs >> 2], dim=-1)
+        nibs_per_group = 1
     if not valid.all():
         row, index = (~valid).nonzero()[0].tolist()
-        group = index // nibbles_per_group
+        group = index // nibs_per_group
         raise ValueError(f"meta is not valid {layout} metadata: row {row}, group {group} (columns {4 * group}.."
-                         f"{4 * group + 3}) has nibble {int(nibbles[row, index]):#06b}; {what}")
+                         f"{4 * group + 3}) has nibble {int(nibs[row, index]):#06b}; {what}")
     return positions, _as_int(values).reshape(rows, groups, 2)
 
 
@@ -353,6 +368,13 @@ def convert(values: torch.Tensor, meta: torch.Tensor, source: str, target: str) 
     return _encode(new_positions, new_kept, target, values.dtype)
 
 
+def kept_columns(values: torch.Tensor, meta: torch.Tensor, layout: str = "cutlass") -> torch.Tensor:
+    """(rows, cols / 2) int64: the dense column each stored value came from (read from the metadata)."""
+    positions, _ = _decode(values, meta, layout)
+    rows, groups = positions.shape[:2]
+    return (4 * torch.arange(groups, device=positions.device).unsqueeze(-1) + positions).reshape(rows, 2 * groups)
+
+
 def matmul(values: torch.Tensor, meta: torch.Tensor, other: torch.Tensor, layout: str = "cutlass") -> torch.Tensor:
     """W @ other for the 2:4 W stored as (values, meta), reading the metadata directly (for teaching, not speed).
 
@@ -360,9 +382,9 @@ def matmul(values: torch.Tensor, meta: torch.Tensor, other: torch.Tensor, layout
     the multiply-adds of the dense product are done. Accumulates in float32 (float64 for float64; int32 for
     integers, as int8 tensor cores do) and returns that dtype, like a tensor core's accumulator.
     """
-    positions, _ = _decode(values, meta, layout)
+    columns = kept_columns(values, meta, layout)
     other = _check_tensor(other, "other")
-    rows, groups = positions.shape[:2]
+    rows, groups = columns.shape[0], columns.shape[1] // 2
     vector = other.dim() == 1
     other2 = other.unsqueeze(1) if vector else other
     if other2.dim() != 2 or other2.shape[0] != 4 * groups:
@@ -372,7 +394,6 @@ def matmul(values: torch.Tensor, meta: torch.Tensor, other: torch.Tensor, layout
         accumulate = torch.float64 if values.dtype == torch.float64 else torch.float32
     else:
         accumulate = torch.int32 if values.element_size() < 8 else torch.int64
-    columns = (4 * torch.arange(groups).unsqueeze(-1) + positions).reshape(rows, 2 * groups)  # which inputs
     gathered = other2.to(accumulate)[columns]  # (rows, cols / 2, n): the activations each kept value multiplies
     out = (values.to(accumulate).unsqueeze(-1) * gathered).sum(1, dtype=accumulate)
     return out.squeeze(1) if vector else out

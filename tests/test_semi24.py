@@ -108,16 +108,16 @@ def test_float32_metadata_describes_pairs_as_halves():
     dense = torch.zeros(32, 16)
     dense[:, 0::4] = 1.0  # pair 0 keeps its first float, pair 1 (columns 2, 3) is empty: keeps its second
     values, meta = semi24.compress(dense)
-    nibbles = ((semi24._unreorder(meta).to(torch.int64).unsqueeze(-1) >> torch.arange(0, 16, 4)) & 0xF)
-    assert set(nibbles.reshape(-1).tolist()) == {0b0100, 0b1110}
-    assert nibbles.reshape(32, -1)[:, 0::2].eq(0b0100).all() and nibbles.reshape(32, -1)[:, 1::2].eq(0b1110).all()
+    nibbles = semi24.nibbles(meta)
+    assert nibbles.shape == (32, 8) and set(nibbles.reshape(-1).tolist()) == {0b0100, 0b1110}
+    assert nibbles[:, 0::2].eq(0b0100).all() and nibbles[:, 1::2].eq(0b1110).all()
     assert meta.shape == (32, 2) and meta.dtype == torch.int16
 
 
 @given(cases(dtypes=[torch.float32]))
 def test_float32_cutlass_metadata_is_always_1_to_2(dense):
     _, meta = semi24.compress(dense)
-    nibbles = (semi24._unreorder(meta).to(torch.int64).unsqueeze(-1) >> torch.arange(0, 16, 4)) & 0xF
+    nibbles = semi24.nibbles(meta)
     assert ((nibbles == 0b0100) | (nibbles == 0b1110)).all()
 
 
@@ -236,6 +236,15 @@ def test_matmul_does_not_decompress(monkeypatch):
     monkeypatch.setattr(semi24, "decompress", lambda *a, **k: pytest.fail("matmul must not decompress"))
     other = torch.randn(32, 5).half()
     torch.testing.assert_close(semi24.matmul(values, meta, other), dense.float() @ other.float())
+
+
+def test_kept_columns_and_nibbles_read_the_metadata():
+    dense = torch.tensor([[1.0, 0, 2, 0, 0, 3, 0, 4, 0, 0, 0, 0]])
+    values, meta = semi24.compress(dense, "simple")
+    assert semi24.kept_columns(values, meta, "simple").tolist() == [[0, 2, 5, 7, 10, 11]]
+    assert semi24.nibbles(meta, "simple").tolist() == [[0b1000, 0b1101, 0b1110, 0]]
+    with pytest.raises(ValueError, match="uint8"):
+        semi24.nibbles(meta, "cutlass")
 
 
 def test_matmul_checks_the_other_shape():
