@@ -41,7 +41,9 @@ returns, so the result feeds CUTLASS's sparse tensor-core GEMMs (and `torch.spar
 
 Values and metadata are moved through same-width integer views, so `decompress(*compress(w))` returns `w` bit for bit
 (NaN payloads included) wherever the entries it drops are +0. A -0.0 that is not kept comes back as +0.0, as in
-PyTorch: zeros are not stored.
+PyTorch: zeros are not stored. (PyTorch's `sparse_semi_structured_to_dense_cutlass` moves float32 values as pairs of
+float16 halves with `scatter_`, which quiets float16 signalling NaNs: a float32 whose low 16 bits look like one comes
+back with bit 9 set.)
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def _check_shape(rows: int, cols: int, dtype: torch.dtype, layout: str, name: st
     row_multiple, col_multiple = shape_multiples(dtype, layout)
     why = "" if layout == "simple" else f" for the cutlass layout with {str(dtype).removeprefix('torch.')}"
     if cols % col_multiple:
-        raise ValueError(f"{name} has {cols} columns; {col_multiple} divides none of them: it needs a multiple of "
+        raise ValueError(f"{name} has {cols} columns, not a multiple of {col_multiple}: it needs a multiple of "
                          f"{col_multiple}{why} (pad the input dimension with zeros; nothing is truncated)")
     if rows % row_multiple:
         raise ValueError(f"{name} has {rows} rows; it needs a multiple of {row_multiple}{why} "

@@ -22,7 +22,8 @@ def test_simple_meta_bits_spell_the_bytes_msb_first():
     text = "".join(fig.data[0].text[0])
     assert text == format(int(meta[0, 0]), "08b") + format(int(meta[0, 1]), "08b") == "1101100000001110"
     assert list(fig.data[0].x[:4]) == ["g1 i1 b1", "g1 i1 b0", "g1 i0 b1", "g1 i0 b0"]
-    assert fig.data[0].x[8] == "pad b1" and fig.data[0].x[-1] == "g2 i0 b0"
+    assert list(fig.data[0].x[8:12]) == ["pad b7", "pad b6", "pad b5", "pad b4"] and fig.data[0].x[-1] == "g2 i0 b0"
+    assert len(set(fig.data[0].x)) == 16
 
 
 def test_cutlass_storage_draws_the_reordering():

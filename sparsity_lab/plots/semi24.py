@@ -48,7 +48,7 @@ def simple_meta_bits(meta: torch.Tensor, groups: int, title: str = "simple layou
         for bit in range(7, -1, -1):
             group = 2 * byte + bit // 4
             slot = "i1" if bit % 4 >= 2 else "i0"
-            labels.append(f"g{group} {slot} b{bit % 2}" if group < groups else f"pad b{bit % 2}")
+            labels.append(f"g{group} {slot} b{bit % 2}" if group < groups else f"pad b{bit}")  # labels are unique
     for r in range(rows):
         row = [(int(meta[r, b]) >> bit) & 1 for b in range(nbytes) for bit in range(7, -1, -1)]
         z.append([(i // 2) % 2 + 0.35 * v for i, v in enumerate(row)])  # fields alternate shades, 1s darker
