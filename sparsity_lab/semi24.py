@@ -116,8 +116,8 @@ def _check_shape(rows: int, cols: int, dtype: torch.dtype, layout: str, name: st
     row_multiple, col_multiple = shape_multiples(dtype, layout)
     why = "" if layout == "simple" else f" for the cutlass layout with {str(dtype).removeprefix('torch.')}"
     if cols % col_multiple:
-        raise ValueError(f"{name} has {cols} columns, not a multiple of {col_multiple}: it needs a multiple of "
-                         f"{col_multiple}{why} (pad the input dimension with zeros; nothing is truncated)")
+        raise ValueError(f"{name} has {cols} columns; it needs a multiple of {col_multiple}{why} "
+                         "(pad the input dimension with zero columns; nothing is truncated)")
     if rows % row_multiple:
         raise ValueError(f"{name} has {rows} rows; it needs a multiple of {row_multiple}{why} "
                          "(pad the output dimension with zero rows; nothing is truncated)")
@@ -268,6 +268,7 @@ def compress(dense: torch.Tensor, layout: str = "cutlass") -> tuple[torch.Tensor
                          "reshape a conv weight to (out_channels, -1) first")
     rows, cols = dense.shape
     _check_shape(rows, cols, dense.dtype, layout)
+    dense = dense.detach()
     tf32 = layout == "cutlass" and dense.dtype == torch.float32
     check_pattern(dense, "1:2" if tf32 else "2:4")
     nonzero = (dense != 0).reshape(rows, cols // 4, 4)
@@ -320,7 +321,8 @@ def _decode(values: torch.Tensor, meta: torch.Tensor, layout: str) -> tuple[torc
     if layout == "cutlass" and values.dtype == torch.float32:
         valid = (nibs == _NIBBLE_FIRST) | (nibs == _NIBBLE_SECOND)
         what = "a float32 pair must be 0b0100 (first float) or 0b1110 (second)"
-        positions = torch.where(nibs == _NIBBLE_FIRST, 0, 1).reshape(rows, groups, 2) + torch.tensor([0, 2])
+        positions = torch.where(nibs == _NIBBLE_FIRST, 0, 1).reshape(rows, groups, 2) + torch.tensor(
+            [0, 2], device=nibs.device)
         nibs_per_group = 2
     else:
         valid = (nibs & 3) < (nibs >> 2)
@@ -332,7 +334,7 @@ def _decode(values: torch.Tensor, meta: torch.Tensor, layout: str) -> tuple[torc
         group = index // nibs_per_group
         raise ValueError(f"meta is not valid {layout} metadata: row {row}, group {group} (columns {4 * group}.."
                          f"{4 * group + 3}) has nibble {int(nibs[row, index]):#06b}; {what}")
-    return positions, _as_int(values).reshape(rows, groups, 2)
+    return positions, _as_int(values.detach()).reshape(rows, groups, 2)
 
 
 def decompress(values: torch.Tensor, meta: torch.Tensor, layout: str = "cutlass") -> torch.Tensor:
@@ -355,7 +357,8 @@ def convert(values: torch.Tensor, meta: torch.Tensor, source: str, target: str) 
     rows, groups = positions.shape[:2]
     _check_shape(rows, 4 * groups, values.dtype, target, name=f"the dense matrix of values {tuple(values.shape)}")
     nonzero_kept = kept.view(values.dtype) != 0
-    nonzero = torch.zeros(rows, groups, 4, dtype=torch.bool).scatter_(-1, positions, nonzero_kept)
+    nonzero = torch.zeros(rows, groups, 4, dtype=torch.bool, device=positions.device).scatter_(
+        -1, positions, nonzero_kept)
     if target == "cutlass" and values.dtype == torch.float32:
         both = nonzero.reshape(rows, groups * 2, 2).all(-1)
         if both.any():

@@ -192,6 +192,16 @@ def test_convert_equals_compressing_the_decompressed_matrix(dense, source, targe
     assert torch.equal(bits(converted[0]), bits(expected[0])) and torch.equal(converted[1], expected[1])
 
 
+def test_non_contiguous_and_grad_requiring_input():
+    weight = torch.randn(64, 32)
+    weight = torch.where(semi24.prune(weight.t()).t(), weight, 0.0)  # 2:4 along the rows of weight.t()
+    transposed = weight.t().requires_grad_()
+    values, meta = semi24.compress(transposed.half().detach().requires_grad_())
+    assert torch.equal(semi24.decompress(values, meta), transposed.detach().half())
+    values, meta = semi24.compress(transposed, "simple")
+    assert torch.equal(semi24.decompress(values, meta, "simple"), transposed.detach())
+
+
 def test_simple_layout_packing_is_as_documented():
     a, b, c, d = 1.0, 2.0, 3.0, 4.0
     dense = torch.tensor([[a, 0, b, 0, 0, c, 0, d, 0, 0, a, b]])

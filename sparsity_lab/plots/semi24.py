@@ -33,7 +33,7 @@ def groups_heatmap(weight: torch.Tensor, mask: torch.Tensor, title: str = "2:4 g
     for g in range(1, cols // 4):
         fig.add_vline(x=4 * g - 0.5, line_width=3, line_color="black")
     fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_title="column (input)", yaxis_title="row (output)",
-                      template="plotly_white", height=80 + 28 * rows, xaxis_dtick=4)
+                      template="plotly_white", height=max(220, 80 + 28 * rows), xaxis_dtick=4)
     return fig
 
 
