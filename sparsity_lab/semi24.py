@@ -30,7 +30,7 @@ returns, so the result feeds CUTLASS's sparse tensor-core GEMMs (and `torch.spar
   columns (2p, 2p + 1). That is stricter than 2:4 ([a, b, 0, 0] is 2:4 but not 1:2). Each pair is described as if its
   8 bytes were four 16-bit halves: keeping the first float is the nibble 0b0100 (halves 0, 1), the second 0b1110
   (halves 2, 3); an all-zero pair keeps its second float. Meta int16 (rows, cols / 8). PyTorch silently keeps the
-  first float of a pair with two non-zeros; we raise instead (prune with `pattern="1:2"`).
+  first float of a pair with two non-zeros; we raise instead (`sparsify(w, pattern="1:2")` prunes to 1:2).
 - The words are then *reordered* for the tensor-core loads (`cutlass_meta_offsets`): within every band of 32 rows
   (16 for int8) row 8a + b moves to row 4b + a (2b + a for int8), each 2 x 2 block of (row, word) is transposed,
   and the words are stored column-major interleaved by 2 (`cutlass::layout::ColumnMajorInterleaved<2>`), the
@@ -144,7 +144,7 @@ def prune(dense_or_scores: torch.Tensor, pattern: str = "2:4") -> torch.Tensor:
 
     Pass a weight (its magnitudes rank it) or saliency scores. Ties keep the lower column (the order is stable), so
     an all-zero group keeps its first N positions. Use `pattern="1:2"` for float32 weights bound for the cutlass
-    layout (tf32 sparse tensor cores): a 1:2 mask is also 2:4.
+    layout (tf32 sparse tensor cores): a 1:2 mask is also 2:4. `sparsify` applies the mask.
     """
     x = _check_tensor(dense_or_scores, "dense_or_scores")
     n, m = parse_pattern(pattern)
@@ -161,6 +161,18 @@ def prune(dense_or_scores: torch.Tensor, pattern: str = "2:4") -> torch.Tensor:
     return (beats.sum(-1) < n).reshape(x.shape)
 
 
+def sparsify(weight: torch.Tensor, pattern: str = "2:4", scores: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight` with the entries `prune` drops set to +0 (ranked by `scores` when given, else by |weight|).
+
+    Unlike `weight * mask`, no -0.0 appears, so the result survives compress/decompress bit for bit.
+    """
+    weight = _check_tensor(weight, "weight")
+    if scores is not None and _check_tensor(scores, "scores").shape != weight.shape:
+        raise ValueError(f"scores has shape {tuple(scores.shape)} but weight has shape {tuple(weight.shape)}")
+    mask = prune(weight if scores is None else scores, pattern)
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+
 def check_pattern(dense: torch.Tensor, pattern: str = "2:4", name: str = "dense") -> None:
     """Raise, naming the first offending group (row, columns), if a 2-D `dense` has more than N non-zeros in some
     group of M consecutive columns."""
@@ -169,13 +181,13 @@ def check_pattern(dense: torch.Tensor, pattern: str = "2:4", name: str = "dense"
     bad = (count > n).nonzero()
     if len(bad):
         row, group = bad[0].tolist()
-        fix = f"semi24.prune(w, pattern={pattern!r})"
+        fix = "semi24.sparsify(w)" if pattern == "2:4" else f"semi24.sparsify(w, pattern={pattern!r})"
         extra = ("; float32 runs on tf32 sparse tensor cores, whose pattern is 1:2 (use float16/bfloat16 for 2:4)"
                  if pattern == "1:2" else "")
         raise ValueError(
             f"{name} is not {pattern} sparse: row {row}, columns {m * group}..{m * group + m - 1} hold "
             f"{int(count[row, group])} non-zeros, at most {n} of every {m} may be non-zero{extra}. "
-            f"Prune first: w = w * {fix}")
+            f"Prune first: w = {fix}")
 
 
 def _fill_positions(nonzero: torch.Tensor) -> torch.Tensor:
@@ -365,7 +377,7 @@ def convert(values: torch.Tensor, meta: torch.Tensor, source: str, target: str) 
             row, pair = both.nonzero()[0].tolist()
             raise ValueError(f"values are not 1:2 sparse: row {row}, columns {2 * pair}..{2 * pair + 1} are both "
                              "non-zero; float32 runs on tf32 sparse tensor cores, whose pattern is 1:2. "
-                             "Prune first: w = w * semi24.prune(w, pattern='1:2')")
+                             "Prune first: w = semi24.sparsify(w, pattern='1:2')")
     new_positions = _canonical(nonzero, target, values.dtype)
     # Where a new position was kept before, take its value; positions newly named by the metadata hold zero.
     hit = new_positions.unsqueeze(-1) == positions.unsqueeze(-2)  # (rows, G, 2 new, 2 old)

@@ -1,5 +1,7 @@
 """2:4 compression: PyTorch's CUTLASS conversion reproduced bit for bit, exact round trips, clear errors."""
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -77,6 +79,28 @@ def test_all_zero_rows_and_groups_match_pytorch(dtype):
     values, meta = semi24.compress(dense)
     ref_values, ref_meta = sparse_semi_structured_from_dense_cutlass(dense)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(meta, ref_meta)
+
+
+@pytest.mark.parametrize("dtype", CUTLASS)
+def test_every_group_pattern_matches_pytorch(dtype):
+    """All 11 non-zero patterns a 2:4 group can have (9 for float32's two 1:2 pairs), in every slot of a word."""
+    if dtype == torch.float32:
+        pairs = [(0, 0), (1, 0), (0, 1)]
+        patterns = [p + q for p in pairs for q in pairs]
+    else:
+        patterns = [tuple(int(i in kept) for i in range(4)) for n in range(3)
+                    for kept in itertools.combinations(range(4), n)]
+    assert len(patterns) == (9 if dtype == torch.float32 else 11)
+    rows, col_multiple = semi24.shape_multiples(dtype)
+    cols = max(col_multiple, 4 * len(patterns))
+    cols += -cols % col_multiple
+    flags = torch.tensor(patterns, dtype=torch.bool).repeat(rows * cols // (4 * len(patterns)) + 1, 1)
+    flags = flags.reshape(-1)[: rows * cols].reshape(rows, cols)  # every pattern meets every nibble slot
+    dense = torch.where(flags, torch.arange(1, rows * cols + 1).reshape(rows, cols) % 100 + 1, 0).to(dtype)
+    values, meta = semi24.compress(dense)
+    ref_values, ref_meta = sparse_semi_structured_from_dense_cutlass(dense)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(meta, ref_meta)
+    assert torch.equal(semi24.decompress(values, meta), dense)
 
 
 def test_fill_rule_for_groups_with_fewer_than_two_non_zeros():
@@ -296,6 +320,15 @@ def test_prune_handles_int8_extremes_and_scores():
     assert semi24.prune(torch.randn(3, 2, 8)).shape == (3, 2, 8)
 
 
+def test_sparsify_sets_dropped_entries_to_positive_zero():
+    weight = torch.tensor([[-1.0, -2.0, -3.0, -4.0]])
+    assert torch.equal(bits(semi24.sparsify(weight)), bits(torch.tensor([[0.0, 0.0, -3.0, -4.0]])))
+    assert semi24.sparsify(weight, scores=torch.tensor([[9.0, 8.0, 0.0, 0.0]])).tolist() == [[-1.0, -2.0, 0.0, 0.0]]
+    assert semi24.sparsify(weight, "1:2").tolist() == [[0.0, -2.0, 0.0, -4.0]]
+    with pytest.raises(ValueError, match="scores has shape"):
+        semi24.sparsify(weight, scores=torch.ones(2, 4))
+
+
 def test_prune_then_compress_works_on_any_weight():
     weight = torch.randn(64, 64).bfloat16()
     pruned = weight * semi24.prune(weight)
@@ -326,7 +359,8 @@ def test_not_2_to_4_names_the_first_group_and_says_prune(layout):
     dense = torch.zeros(32, 32, dtype=torch.float16)
     dense[7, 20:23] = 1.0  # group 5 of row 7 has three non-zeros
     dense[9, 0:4] = 1.0
-    with pytest.raises(ValueError, match=r"not 2:4 sparse: row 7, columns 20\.\.23 hold 3 non-zeros.*prune"):
+    with pytest.raises(ValueError, match=r"not 2:4 sparse: row 7, columns 20\.\.23 hold 3 non-zeros.*"
+                                         r"Prune first: w = semi24\.sparsify\(w\)"):
         semi24.compress(dense, layout)
 
 
