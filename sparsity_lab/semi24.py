@@ -22,7 +22,8 @@ Two layouts of the same nibbles:
                            i1(2j+1)  i0(2j+1)  i1(2j)  i0(2j)
 
 ``"cutlass"``: exactly what `torch.sparse._semi_structured_conversions.sparse_semi_structured_from_dense_cutlass`
-returns, so the result feeds CUTLASS's sparse tensor-core GEMMs (and `torch.sparse.SparseSemiStructuredTensor`) as is:
+returns, so the result feeds CUTLASS's sparse tensor-core GEMMs as is (PyTorch's
+`SparseSemiStructuredTensorCUTLASS.from_dense` calls that very function):
 
 - float16 / bfloat16: 4 nibbles per int16 word (group q of the word at bits 4q..4q+3): meta int16 (rows, cols / 16).
 - int8: 8 nibbles per int32 word: meta int32 (rows, cols / 32).
@@ -214,13 +215,14 @@ def _unpack_words(words: torch.Tensor, per_word: int) -> torch.Tensor:
     return ((words.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF).reshape(words.shape[0], words.shape[1] * per_word)
 
 
-def cutlass_meta_offsets(rows: int, words: int, meta: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+def cutlass_meta_offsets(rows: int, words: int, word_dtype: torch.dtype, device: torch.device | str = "cpu"
+                         ) -> torch.Tensor:
     """(rows, words) flat offsets: where metadata word (r, c), in row-major order, is stored in CUTLASS's layout.
 
     Three steps (see the module docstring): rows interleaved within bands, 2 x 2 blocks transposed, column-major
     storage interleaved by 2.
     """
-    band, stride = (32, 4) if meta == torch.int16 else (16, 2)
+    band, stride = (32, 4) if word_dtype == torch.int16 else (16, 2)
     r = torch.arange(rows, device=device).unsqueeze(1).expand(rows, words)
     c = torch.arange(words, device=device).unsqueeze(0).expand(rows, words)
     r = r - r % band + (r % 8) * stride + (r % band) // 8
@@ -247,16 +249,16 @@ def _encode(positions: torch.Tensor, kept: torch.Tensor, layout: str, dtype: tor
     rows, groups = positions.shape[:2]
     values = kept.reshape(rows, 2 * groups).view(dtype)
     if layout == "simple":
-        nibbles = positions[..., 0] | (positions[..., 1] << 2)
+        nibs = positions[..., 0] | (positions[..., 1] << 2)
         if groups % 2:
-            nibbles = torch.cat([nibbles, nibbles.new_zeros(rows, 1)], dim=1)
-        return values, _pack_words(nibbles, 2, torch.uint8)
+            nibs = torch.cat([nibs, nibs.new_zeros(rows, 1)], dim=1)
+        return values, _pack_words(nibs, 2, torch.uint8)
     if dtype == torch.float32:  # one nibble per pair: first float kept -> 0b0100, second -> 0b1110
         first = torch.stack([positions[..., 0] == 0, positions[..., 1] == 2], dim=-1).reshape(rows, 2 * groups)
-        nibbles = torch.where(first, _NIBBLE_FIRST, _NIBBLE_SECOND)
+        nibs = torch.where(first, _NIBBLE_FIRST, _NIBBLE_SECOND)
     else:
-        nibbles = positions[..., 0] | (positions[..., 1] << 2)
-    return values, _reorder(_pack_words(nibbles, _nibbles_per_word(dtype), meta_dtype(dtype)))
+        nibs = positions[..., 0] | (positions[..., 1] << 2)
+    return values, _reorder(_pack_words(nibs, _nibbles_per_word(dtype), meta_dtype(dtype)))
 
 
 def _canonical(nonzero: torch.Tensor, layout: str, dtype: torch.dtype) -> torch.Tensor:
