@@ -1,0 +1,256 @@
+"""One GPU call: check every 2:4 piece (binding, layouts, int8, bias, graphs, compressor, SparseLinear) and time
+them, then run the benchmarks. Writes check.json / check.log (and the results files) under $OUT.
+
+    python scripts/gpu_check_semi24.py [--full] [--structure]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+OUT = Path(os.environ.get("OUT", "/tmp/out"))
+OUT.mkdir(parents=True, exist_ok=True)
+LOG = open(OUT / "check.log", "w")  # noqa: SIM115
+REPORT: dict = {}
+T0 = time.time()
+
+
+def log(*parts: object) -> None:
+    line = f"[{time.time() - T0:6.1f}s] " + " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    LOG.write(line + "\n")
+    LOG.flush()
+
+
+def section(name: str):
+    def wrap(fn):
+        try:
+            REPORT[name] = fn()
+            log(f"== {name}: ok")
+        except Exception as err:  # keep going: one broken piece must not hide the others
+            REPORT[name] = {"error": repr(err)[:500], "trace": traceback.format_exc()[-2000:]}
+            log(f"== {name}: FAILED {err!r}\n{traceback.format_exc()}")
+        (OUT / "check.json").write_text(json.dumps(REPORT, indent=1, default=str))
+        return fn
+    return wrap
+
+
+def relerr(y, ref):
+    y, ref = y.double(), ref.double()
+    return float((y - ref).norm() / ref.norm())
+
+
+@section("environment")
+def _env():
+    from sparsity_lab import cusparselt
+
+    cands = [str(p) for p in cusparselt.library_candidates()]
+    cusparselt.load_library()
+    return {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "candidates": cands,
+            "loaded": cusparselt.library_path(), "version": cusparselt.version(),
+            "torch_cusparselt": torch.backends.cusparselt.version(),
+            "triton": __import__("triton").__version__}
+
+
+@section("compressor_exact")
+def _compressor_exact():
+    from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass as ref
+
+    from sparsity_lab.kernels.semi24_compress import prune24_reference, prune_and_compress
+
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16, torch.int8):
+        for shape in ((64, 128), (256, 512), (4096, 4096), (4096 + 32, 14336)):
+            if dtype == torch.int8:
+                w = torch.randint(-100, 100, shape, device="cuda", dtype=torch.int8)
+            else:
+                w = torch.randn(shape, device="cuda", dtype=dtype)
+                w[0, :16] = 0
+                w[1, :8] = 1
+            v, m, p = prune_and_compress(w, return_pruned=True)
+            pr = prune24_reference(w)
+            rv, rm = ref(pr)
+            same_v = torch.equal(v.view(torch.uint8), rv.view(torch.uint8))
+            out[f"{dtype}-{shape}"] = {"values": same_v, "meta": torch.equal(m, rm), "pruned": torch.equal(p, pr)}
+            v2, m2 = prune_and_compress(pr, prune=False)
+            out[f"{dtype}-{shape}"]["no_prune"] = torch.equal(v2.view(torch.uint8), rv.view(torch.uint8)) and \
+                torch.equal(m2, rm)
+    log(out)
+    return out
+
+
+@section("compressor_configs")
+def _compressor_configs():
+    from sparsity_lab.bench.semi24 import bench_ms
+    from sparsity_lab.kernels.semi24_compress import prune_and_compress
+
+    w = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    out = {"copy_ms": bench_ms(lambda: w.clone())}
+    for bm in (16, 32, 64):
+        for bk in (64, 128, 256):
+            for nw in (2, 4, 8):
+                try:
+                    out[f"bm{bm}-bk{bk}-w{nw}"] = bench_ms(
+                        lambda bm=bm, bk=bk, nw=nw: prune_and_compress(w, block_m=bm, block_k=bk, num_warps=nw))
+                except Exception as err:
+                    out[f"bm{bm}-bk{bk}-w{nw}"] = repr(err)[:100]
+    best = min((v, k) for k, v in out.items() if isinstance(v, float) and k != "copy_ms")
+    out["best"] = best
+    log(out)
+    return out
+
+
+@section("layouts")
+def _layouts():
+    from sparsity_lab.bench.semi24 import bench_ms
+    from sparsity_lab.cusparselt import LAYOUTS, Semi24Weight
+    from sparsity_lab.kernels.semi24_compress import prune24_reference
+
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        for m, k, n in ((16, 4096, 4096), (4096, 4096, 4096), (8192, 8192, 8192)):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            w = prune24_reference(torch.randn(n, k, device="cuda", dtype=dtype))
+            ref = x.float() @ w.float().t()
+            sw = Semi24Weight.from_dense(w)
+            row = {"dense_ms": bench_ms(lambda x=x, w=w: F.linear(x, w))}
+            for name in LAYOUTS:
+                try:
+                    t0 = time.time()
+                    y = sw.linear(x, layout=name)
+                    torch.cuda.synchronize()
+                    row[f"{name}_first_call_s"] = time.time() - t0
+                    row[f"{name}_relerr"] = relerr(y, ref)
+                    row[f"{name}_ms"] = bench_ms(lambda name=name, sw=sw, x=x: sw.linear(x, layout=name))
+                except Exception as err:
+                    row[f"{name}_error"] = repr(err)[:200]
+            # prune inside cuSPARSELt, and its 2:4 check
+            try:
+                sw2 = Semi24Weight.from_dense(torch.randn(n, k, device="cuda", dtype=dtype), prune=True)
+                row["cslt_prune_ok"] = sw2.is_24(w)
+                row["is_24_dense_false"] = sw2.is_24(torch.randn(n, k, device="cuda", dtype=dtype))
+            except Exception as err:
+                row["prune_error"] = repr(err)[:200]
+            out[f"{dtype}-{m}x{k}x{n}"] = row
+            log(dtype, m, k, n, row)
+    return out
+
+
+@section("bias_graph_int8")
+def _bias_graph_int8():
+    from sparsity_lab.cusparselt import Semi24Weight
+    from sparsity_lab.kernels.semi24_compress import prune24_reference
+
+    out = {}
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.float16)
+    w = prune24_reference(torch.randn(512, 1024, device="cuda", dtype=torch.float16))
+    b = torch.randn(512, device="cuda", dtype=torch.float16)
+    sw = Semi24Weight.from_dense(w)
+    out["bias_relerr"] = relerr(sw.linear(x, bias=b), x.float() @ w.float().t() + b.float())
+    # graph capture and replay with fresh inputs copied in
+    static_x = x.clone()
+    sw.linear(static_x)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_y = sw.linear(static_x)
+    x2 = torch.randn_like(x)
+    static_x.copy_(x2)
+    static_y.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    out["graph_relerr"] = relerr(static_y, x2.float() @ w.float().t())
+    for m, k, n in ((256, 1024, 512), (4096, 4096, 4096)):
+        xi = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
+        wi = prune24_reference(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
+        ref = xi.double() @ wi.double().t()
+        swi = Semi24Weight.from_dense(wi)
+        for od, alpha in ((torch.int32, 1.0), (torch.bfloat16, 0.5), (torch.float16, 0.01), (torch.int8, 0.05)):
+            key = f"int8-{m}-{od}"
+            try:
+                y = swi.linear(xi, out_dtype=od, alpha=alpha)
+                exp = ref * alpha
+                if od == torch.int8:
+                    exp = exp.round().clamp(-128, 127)
+                out[key] = relerr(y, exp)
+            except Exception as err:
+                out[key] = repr(err)[:200]
+    log(out)
+    return out
+
+
+@section("sparse_linear")
+def _sparse_linear():
+    from torch import nn
+
+    from sparsity_lab.sparse_linear import Dispatcher, swap_linears
+
+    model = nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 1024), nn.Linear(1024, 10)).cuda().half()
+    x = torch.randn(8, 64, 1024, device="cuda", dtype=torch.float16)
+    d = Dispatcher()
+    report = swap_linears(model, dispatcher=d)
+    # reference: same pruned weights, dense
+    def dense_forward(inp):
+        h = inp
+        for layer in model:
+            h = F.linear(h, layer.weight, layer.bias) if hasattr(layer, "weight") else layer(h)
+        return h
+    y = model(x)
+    out = {"report": report, "relerr": relerr(y, dense_forward(x).float()),
+           "reasons": [getattr(layer, "last_reason", None) for layer in model], "decisions": d.table()}
+    for backend in ("torch_cslt",):
+        from sparsity_lab.sparse_linear import SparseLinear
+
+        lin = nn.Linear(4096, 4096).cuda().half()
+        sl = SparseLinear.from_linear(lin, backend=backend, dispatcher=None)
+        xx = torch.randn(128, 4096, device="cuda", dtype=torch.float16)
+        out[f"{backend}_relerr"] = relerr(sl(xx), F.linear(xx, sl.weight, sl.bias).float())
+    log(out)
+    return out
+
+
+@section("paths")
+def _paths():
+    from sparsity_lab.semi24_matmul import PATHS, check_path, unavailable_reason
+
+    w = torch.randn(1024, 2048, device="cuda", dtype=torch.float16)
+    x = torch.randn(512, 2048, device="cuda", dtype=torch.float16)
+    b = torch.randn(1024, device="cuda", dtype=torch.float16)
+    out = {}
+    for path in PATHS:
+        reason = unavailable_reason(path, "cuda")
+        out[path] = {"unavailable": reason} if reason else {"relerr": check_path(path, w, x, b)}
+    log(out)
+    return out
+
+
+if __name__ == "__main__":
+    full = "--full" in sys.argv
+    if "--structure" in sys.argv or full:
+        @section("gpu_structure")
+        def _structure():
+            from sparsity_lab.bench import gpu_structure
+            from sparsity_lab.results import save_results
+
+            figures = gpu_structure.run(log=log)
+            save_results("gpu_structure", figures, OUT / "gpu_structure.json")
+            return figures
+
+    @section("bench")
+    def _bench():
+        from sparsity_lab.bench import semi24
+        from sparsity_lab.results import save_results
+
+        figures = semi24.run(quick=not full, dtypes=(torch.float16, torch.bfloat16) if full else (torch.float16,),
+                             log=log)
+        save_results("semi24_gpu", figures, OUT / "semi24_gpu.json")
+        return figures["summary"]
+
+    log("done")
