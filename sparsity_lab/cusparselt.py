@@ -8,8 +8,8 @@ is done once:
    matrix, prunes it if asked (cuSPARSELt's strip pruning keeps the two largest |w| of each 1x4 group) and
    compresses it (values + metadata in cuSPARSELt's own layout, an opaque byte buffer).
 2. The first call of `Semi24Weight.linear` for a token count M builds a plan for that shape: dense and output
-   descriptors, the matmul descriptor, an algorithm search (``cusparseLtMatmulSearch`` times the candidate
-   kernels and split-K settings once), the final plan and its workspace. The plan is cached under a
+   descriptors, the matmul descriptor, an algorithm choice (each of cuSPARSELt's kernels for this shape is
+   timed once and the fastest kept), the final plan and its workspace. The plan is cached under a
    `PlanKey` (shapes, dtypes, layout, bias).
 3. Every later call is one ``cusparseLtMatmul`` launch on torch's current stream, so it also records into a
    CUDA graph.
@@ -247,10 +247,13 @@ LAYOUTS = {
 }
 
 
+DEFAULT_LAYOUT = LINEAR_LAYOUT.name
+
+
 def choose_layout(name: str | None = None) -> Layout:
-    """The layout that makes y = x Wᵀ without copies (``LINEAR_LAYOUT``), or the one named."""
+    """The layout that makes y = x Wᵀ without copies (`DEFAULT_LAYOUT`), or the one named."""
     if name is None:
-        return LINEAR_LAYOUT
+        return LAYOUTS[DEFAULT_LAYOUT]
     if name not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {name!r}")
     return LAYOUTS[name]
@@ -294,6 +297,8 @@ class AlgChoice:
     split_k_buffers: int
 
 
+SEARCH_MODES = ("time", "library", "default")
+SEARCH = "time"  # how new plans pick their algorithm (module-wide default; see Plan)
 _PLANS: dict[PlanKey, Plan] = {}
 _SEARCHED: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the search does not depend on the bias
 
@@ -303,7 +308,11 @@ class Plan:
 
     A plan does not hold the weight's data pointer, so all weights of one shape and dtype share it."""
 
-    def __init__(self, weight: Semi24Weight, key: PlanKey, sample_x: torch.Tensor, search: bool = True) -> None:
+    def __init__(self, weight: Semi24Weight, key: PlanKey, sample_x: torch.Tensor, search: str = "time") -> None:
+        """Describe the matmul, pick its algorithm (`search`: "time" each algorithm id ourselves, "library" for
+        cusparseLtMatmulSearch, "default" for cuSPARSELt's heuristic) and build the plan and workspace."""
+        if search not in SEARCH_MODES:
+            raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
         lib = load_library()
         self.key = key
         self._lib = lib
@@ -341,7 +350,8 @@ class Plan:
             self._set_choice(known)
         self._init_plan()
         self.searched = False
-        if known is None and search:
+        self.timings: dict[int, float] = {}
+        if known is None and search == "library":
             out = torch.empty(key.m, key.n, dtype=key.out_dtype, device=sample_x.device)
             self._streams[0] = torch.cuda.current_stream(sample_x.device).cuda_stream
             check(lib.cusparseLtMatmulSearch(h, self.plan.ptr, ctypes.byref(self.alpha), weight.compressed.data_ptr(),
@@ -350,10 +360,35 @@ class Plan:
                   "cusparseLtMatmulSearch")
             self.searched = True
             self._init_plan()  # the search wrote its choice into the selection: rebuild the plan with it
+        elif known is None and search == "time":
+            self._time_algorithms(weight.compressed.data_ptr(), sample_x)
+            self.searched = True
         self.choice = AlgChoice(*(self._alg_attribute(a) for a in (ALG_CONFIG_ID, SPLIT_K, SPLIT_K_MODE,
                                                                       SPLIT_K_BUFFERS)))
         if self.searched:
             _SEARCHED[search_key] = self.choice
+
+    def _time_algorithms(self, a_ptr: int, x: torch.Tensor, reps: int = 5) -> None:
+        """Time every algorithm id cuSPARSELt offers for this shape (median of `reps` launches each) and keep
+        the fastest -- what ``torch._cslt_sparse_mm_search`` does, here done once per shape and cached."""
+        count = self._alg_attribute(ALG_CONFIG_MAX_ID)
+        out = torch.empty(self.key.m, self.key.n, dtype=self.key.out_dtype, device=x.device)
+        for alg_id in range(max(count, 1)):
+            self._set_choice(AlgChoice(alg_id, 1, 0, 0))
+            self._init_plan()
+            times = []
+            for i in range(reps + 2):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.launch(a_ptr, x, out)
+                end.record()
+                end.synchronize()
+                if i >= 2:
+                    times.append(start.elapsed_time(end))
+            self.timings[alg_id] = sorted(times)[len(times) // 2]
+        best = min(self.timings, key=self.timings.get)
+        self._set_choice(AlgChoice(best, 1, 0, 0))
+        self._init_plan()
 
     def _alg_attribute(self, attribute: int) -> int:
         value = ctypes.c_int32()
@@ -474,7 +509,7 @@ class Semi24Weight:
         return int(valid.item()) == 0
 
     def plan_for(self, x: torch.Tensor, out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-                 layout: str | None = None, search: bool = True) -> Plan:
+                 layout: str | None = None, search: str | None = None) -> Plan:
         """The cached plan for this x (M, K), output dtype, bias and layout; built (and searched) on first use."""
         key = PlanKey(m=x.shape[0], k=self.shape[1], n=self.shape[0], dtype=self.dtype, out_dtype=out_dtype,
                       layout=choose_layout(layout).name, bias_ptr=0 if bias is None else bias.data_ptr(),
@@ -486,7 +521,7 @@ class Semi24Weight:
                     f"no cuSPARSELt plan for {key} yet and a CUDA graph is being captured: run the layer once "
                     "outside the capture (warm-up) so the plan is built and searched first"
                 )
-            plan = Plan(self, key, x, search=search)
+            plan = Plan(self, key, x, search=search or SEARCH)
             _PLANS[key] = plan
         return plan
 
