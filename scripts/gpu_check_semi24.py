@@ -62,94 +62,46 @@ def _env():
 
 @section("diagnose_binding")
 def _diagnose():
-    """Each binding variant in its own process (a crash there cannot poison this one); keep the first that works."""
+    """Each binding variant in its own process (a crash there cannot poison this one); keep the fastest correct."""
+    import math
     import subprocess
 
     from sparsity_lab import cusparselt
 
-    variants = [("time", "x-row-opT/D-col", "float16", 4096), ("time", "x-row-opT/D-col", "float16", 16),
-                ("default", "x-row-opT/D-col", "float16", 4096), ("default", "x-row-opT/D-col", "float16", 16),
-                ("library", "x-row-opT/D-col", "float16", 4096), ("default", "x-col-opN/D-col", "float16", 4096),
-                ("time", "x-col-opN/D-col", "float16", 4096), ("default", "x-row-opT/D-col", "bfloat16", 4096),
-                ("default", "x-row-opT/D-col", "int8", 4096), ("default", "x-col-opN/D-col", "int8", 4096)]
+    shapes = ["16,4096,4096", "4096,4096,4096", "8192,8192,8192"]
+    variants = [("default", "W.xT/D-col"), ("default", "W.xT/D-row"), ("default", "x.WT/sparse-B"),
+                ("time", "W.xT/D-row"), ("time", "x.WT/sparse-B"), ("time", "W.xT/D-col"),
+                ("library", "W.xT/D-row"), ("library", "x.WT/sparse-B")]
     results = []
-    for search, layout, dtype, m in variants:
-        env = dict(os.environ)
-        proc = subprocess.run([sys.executable, "scripts/gpu_diag_cslt.py", search, layout, dtype, str(m), "4096",
-                               "4096"], capture_output=True, text=True, timeout=120, env=env)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("DIAG ")), None)
-        extra = next((ln for ln in proc.stdout.splitlines() if ln.startswith("DIAG2 ")), None)
-        row = json.loads(line[5:]) if line else {"search": search, "layout": layout, "dtype": dtype, "shape": [m],
-                                                 "crash": (proc.stdout + proc.stderr)[-600:]}
-        row["rc"] = proc.returncode
-        if extra:
-            row["prune"] = json.loads(extra[6:])
-        log("diag", row)
-        results.append(row)
-    # a blocking run of the simplest variant, to name the failing call if any
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
-    proc = subprocess.run([sys.executable, "scripts/gpu_diag_cslt.py", "default", "x-row-opT/D-col", "float16", "256",
-                           "1024", "512"], capture_output=True, text=True, timeout=120, env=env)
-    results.append({"blocking": (proc.stdout + proc.stderr)[-1500:]})
-    log("blocking", results[-1])
-    ok = [r for r in results if r.get("relerr", 1.0) < 1e-2 and r.get("dtype") in ("float16", None)]
-    fp16_ok = [r for r in ok if r.get("dtype") == "float16"]
-    if fp16_ok:
-        both = [r for r in fp16_ok if any(o["search"] == r["search"] and o["layout"] == r["layout"] and
-                                          o["shape"][0] != r["shape"][0] for o in fp16_ok)]
-        chosen = (both or fp16_ok)[0]
-        cusparselt.SEARCH = chosen["search"]
-        cusparselt.DEFAULT_LAYOUT = chosen["layout"]
-        log("chosen", chosen["search"], chosen["layout"])
+    for index, (search, layout) in enumerate(variants):
+        args = [sys.executable, "scripts/gpu_diag_cslt.py", search, layout, "float16", *shapes]
+        if index == 0:
+            args.append("--torch")
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=150)
+        rows = [json.loads(ln[5:]) for ln in proc.stdout.splitlines() if ln.startswith("DIAG ")]
+        extra = [json.loads(ln[6:]) for ln in proc.stdout.splitlines() if ln.startswith("DIAG2 ")]
+        entry = {"search": search, "layout": layout, "rc": proc.returncode, "rows": rows,
+                 "prune": extra[0] if extra else None}
+        if proc.returncode != 0:
+            entry["crash"] = (proc.stdout + proc.stderr)[-800:]
+        good = len(rows) == len(shapes) and all(r.get("relerr", 1) < 1e-2 and r.get("bias_relerr", 1) < 1e-2
+                                                for r in rows)
+        entry["ok"] = good and proc.returncode == 0
+        if entry["ok"]:
+            entry["geomean_speedup"] = math.exp(sum(math.log(r["dense_ms"] / r["ours_ms"]) for r in rows) / len(rows))
+        log("diag", entry)
+        results.append(entry)
+    for dtype in ("bfloat16", "int8"):
+        proc = subprocess.run([sys.executable, "scripts/gpu_diag_cslt.py", "default", "W.xT/D-row", dtype,
+                               "4096,4096,4096"], capture_output=True, text=True, timeout=150)
+        results.append({"dtype": dtype, "out": (proc.stdout + proc.stderr)[-1500:], "rc": proc.returncode})
+        log("diag", results[-1])
+    ok = [e for e in results if e.get("ok")]
+    if ok:
+        best = max(ok, key=lambda e: e["geomean_speedup"])
+        cusparselt.SEARCH, cusparselt.DEFAULT_LAYOUT = best["search"], best["layout"]
+        log("chosen", best["search"], best["layout"], best["geomean_speedup"])
     return {"variants": results, "chosen": [cusparselt.SEARCH, cusparselt.DEFAULT_LAYOUT]}
-
-
-@section("compressor_exact")
-def _compressor_exact():
-    from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass as ref
-
-    from sparsity_lab.kernels.semi24_compress import prune24_reference, prune_and_compress
-
-    out = {}
-    for dtype in (torch.float16, torch.bfloat16, torch.int8):
-        for shape in ((64, 128), (256, 512), (4096, 4096), (4096 + 32, 14336)):
-            if dtype == torch.int8:
-                w = torch.randint(-100, 100, shape, device="cuda", dtype=torch.int8)
-            else:
-                w = torch.randn(shape, device="cuda", dtype=dtype)
-                w[0, :16] = 0
-                w[1, :8] = 1
-            v, m, p = prune_and_compress(w, return_pruned=True)
-            pr = prune24_reference(w)
-            rv, rm = ref(pr)
-            same_v = torch.equal(v.view(torch.uint8), rv.view(torch.uint8))
-            out[f"{dtype}-{shape}"] = {"values": same_v, "meta": torch.equal(m, rm), "pruned": torch.equal(p, pr)}
-            v2, m2 = prune_and_compress(pr, prune=False)
-            out[f"{dtype}-{shape}"]["no_prune"] = torch.equal(v2.view(torch.uint8), rv.view(torch.uint8)) and \
-                torch.equal(m2, rm)
-    log(out)
-    return out
-
-
-@section("compressor_configs")
-def _compressor_configs():
-    from sparsity_lab.bench.semi24 import bench_ms
-    from sparsity_lab.kernels.semi24_compress import prune_and_compress
-
-    w = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
-    out = {"copy_ms": bench_ms(lambda: w.clone())}
-    for bm in (8, 16, 32):
-        for bk in (128, 256):
-            for nw in (1, 2, 4):
-                try:
-                    out[f"bm{bm}-bk{bk}-w{nw}"] = bench_ms(
-                        lambda bm=bm, bk=bk, nw=nw: prune_and_compress(w, block_m=bm, block_k=bk, num_warps=nw))
-                except Exception as err:
-                    out[f"bm{bm}-bk{bk}-w{nw}"] = repr(err)[:100]
-    best = min((v, k) for k, v in out.items() if isinstance(v, float) and k != "copy_ms")
-    out["best"] = best
-    log(out)
-    return out
 
 
 @section("bias_graph_int8")

@@ -217,41 +217,51 @@ def handle(device: torch.device) -> _Opaque:
 # -------------------------------------------------------------------------------------------------- layouts
 @dataclass(frozen=True)
 class Layout:
-    """How the dense operand and the output are described to cuSPARSELt for y (M, N) = x (M, K) · Wᵀ.
+    """How y (M, N) = x (M, K) · Wᵀ is posed to cuSPARSELt, with x and W row-major as PyTorch holds them.
 
-    ``b_order``/``op_b``: x is row-major (M, K); read as opB = TRANSPOSE of a row-major (M, K) matrix, or as a
-    column-major (K, M) matrix with opB = NON_TRANSPOSE (the same bytes). ``d_order``: COL makes the (N, M)
-    product land as a row-major (M, N) y.
+    ``sparse="A"``: D = W · xᵀ (N x M): W is the structured A (N x K, row-major, opA = N) and x is B read with
+    opB = TRANSPOSE (the bytes of x are xᵀ in column-major order, so nothing is copied). D in column-major
+    order (``d_order=COL``, ld N) is y itself, row-major; D in row-major order is yᵀ, and y is returned as
+    the transposed view ``D.t()`` (what PyTorch's own 2:4 ``F.linear`` returns).
+    ``sparse="B"``: D = x · Wᵀ (M x N): x is the dense A (opA = N) and W the structured B read with
+    opB = TRANSPOSE; D row-major is y.
     """
 
     name: str
-    b_order: int
-    op_b: int
+    sparse: str
     d_order: int
 
+    @property
+    def out_transposed(self) -> bool:
+        """True when the kernel writes yᵀ and `linear` returns a transposed view of it."""
+        return self.sparse == "A" and self.d_order == ORDER_ROW
+
     def dense_shape(self, m: int, k: int) -> tuple[int, int, int]:
-        """(rows, cols, ld) of the dense descriptor for x (M, K) row-major."""
-        if self.op_b == OP_T:  # op(B) = Bᵀ with B = x (M, K), row-major
-            return (m, k, k) if self.b_order == ORDER_ROW else (k, m, m)
-        return (k, m, k) if self.b_order == ORDER_COL else (m, k, k)
+        """(rows, cols, ld) of x (M, K) row-major, as described to cuSPARSELt (always as stored)."""
+        return (m, k, k)
 
     def output_shape(self, m: int, n: int) -> tuple[int, int, int]:
-        """(rows, cols, ld) of the output descriptor D (N x M)."""
+        """(rows, cols, ld) of the output descriptor D."""
+        if self.sparse == "B":
+            return (m, n, n)
         return (n, m, n) if self.d_order == ORDER_COL else (n, m, m)
 
+    def ops(self) -> tuple[int, int]:
+        """(opA, opB): the dense x is never transposed in memory; the one transposed read is flagged."""
+        return (OP_N, OP_T)
 
-LINEAR_LAYOUT = Layout("x-row-opT/D-col", ORDER_ROW, OP_T, ORDER_COL)
+
+LINEAR_LAYOUT = Layout("W.xT/D-col", "A", ORDER_COL)
 LAYOUTS = {
     LINEAR_LAYOUT.name: LINEAR_LAYOUT,
-    "x-col-opN/D-col": Layout("x-col-opN/D-col", ORDER_COL, OP_N, ORDER_COL),
+    "W.xT/D-row": Layout("W.xT/D-row", "A", ORDER_ROW),
+    "x.WT/sparse-B": Layout("x.WT/sparse-B", "B", ORDER_ROW),
 }
-
-
 DEFAULT_LAYOUT = LINEAR_LAYOUT.name
 
 
 def choose_layout(name: str | None = None) -> Layout:
-    """The layout that makes y = x Wᵀ without copies (`DEFAULT_LAYOUT`), or the one named."""
+    """The layout named, or `DEFAULT_LAYOUT` (chosen by measurement on an H100; see the module docstring)."""
     if name is None:
         return LAYOUTS[DEFAULT_LAYOUT]
     if name not in LAYOUTS:
@@ -289,7 +299,7 @@ def check_linear_shapes(x_shape: tuple[int, ...], weight_shape: tuple[int, int],
 # -------------------------------------------------------------------------------------------------- plans
 @dataclass(frozen=True)
 class AlgChoice:
-    """What `cusparseLtMatmulSearch` picked for one shape: kernel id and split-K settings."""
+    """The kernel a plan runs: cuSPARSELt's algorithm id and split-K settings (-1: cuSPARSELt decides)."""
 
     alg_id: int
     split_k: int
@@ -298,141 +308,160 @@ class AlgChoice:
 
 
 SEARCH_MODES = ("time", "library", "default")
-SEARCH = "time"  # how new plans pick their algorithm (module-wide default; see Plan)
+SEARCH = "default"  # how new plans pick their algorithm (module-wide default; see Plan)
 _PLANS: dict[PlanKey, Plan] = {}
-_SEARCHED: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the search does not depend on the bias
+_CHOSEN: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the choice does not depend on the bias
 
 
 class Plan:
     """One cuSPARSELt matmul plan with its descriptors, chosen algorithm and workspace, ready to launch.
 
-    A plan does not hold the weight's data pointer, so all weights of one shape and dtype share it."""
+    A plan does not hold the weight's data pointer, so all weights of one shape, dtype and layout share it.
+    `search`: "default" takes cuSPARSELt's heuristic choice; "time" builds a plan per algorithm id, times each
+    and keeps the fastest; "library" asks ``cusparseLtMatmulSearch``. Each alternative gets fresh opaque
+    structs (a destroyed plan is never re-initialized in place)."""
 
-    def __init__(self, weight: Semi24Weight, key: PlanKey, sample_x: torch.Tensor, search: str = "time") -> None:
-        """Describe the matmul, pick its algorithm (`search`: "time" each algorithm id ourselves, "library" for
-        cusparseLtMatmulSearch, "default" for cuSPARSELt's heuristic) and build the plan and workspace."""
+    def __init__(self, weight: Semi24Weight, key: PlanKey, sample_x: torch.Tensor, search: str = "default") -> None:
         if search not in SEARCH_MODES:
             raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
         lib = load_library()
         self.key = key
+        self.layout = LAYOUTS[key.layout]
+        if self.layout.sparse != weight.role:
+            raise CusparseLtError(f"layout {key.layout} needs W compressed as operand {self.layout.sparse}, "
+                                  f"this weight was compressed as operand {weight.role}")
         self._lib = lib
         self._handle = weight.handle
         self._weight_descriptor = weight.descriptor  # the matmul descriptor refers to it: keep it alive
-        layout = LAYOUTS[key.layout]
-        self.dense, self.out, self.matmul, self.alg, self.plan = (_Opaque() for _ in range(5))
-        self._plan_ready = False
+        self.dense, self.out, self.matmul = _Opaque(), _Opaque(), _Opaque()
+        self.alg: _Opaque | None = None
+        self.plan: _Opaque | None = None
         self.alpha = ctypes.c_float(1.0)
         self.beta = ctypes.c_float(0.0)
         self._streams = (ctypes.c_void_p * 1)()
+        self._spare: list[tuple[_Opaque, _Opaque]] = []  # plans tried and not kept
         h = self._handle.ptr
-        rows, cols, ld = layout.dense_shape(key.m, key.k)
+        rows, cols, ld = self.layout.dense_shape(key.m, key.k)
         check(lib.cusparseLtDenseDescriptorInit(h, self.dense.ptr, rows, cols, ld, ALIGNMENT,
-                                                CUDA_DTYPES[key.dtype], layout.b_order),
-              f"cusparseLtDenseDescriptorInit(x {key.m}x{key.k}, {layout.name})")
-        rows, cols, ld = layout.output_shape(key.m, key.n)
+                                                CUDA_DTYPES[key.dtype], ORDER_ROW),
+              f"cusparseLtDenseDescriptorInit(x {key.m}x{key.k})")
+        rows, cols, ld = self.layout.output_shape(key.m, key.n)
         check(lib.cusparseLtDenseDescriptorInit(h, self.out.ptr, rows, cols, ld, ALIGNMENT,
-                                                CUDA_DTYPES[key.out_dtype], layout.d_order),
-              f"cusparseLtDenseDescriptorInit(out {key.n}x{key.m} {key.out_dtype})")
-        check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, OP_N, layout.op_b, weight.descriptor.ptr,
-                                                 self.dense.ptr, self.out.ptr, self.out.ptr,
-                                                 compute_type(key.dtype, weight.lib_version)),
-              f"cusparseLtMatmulDescriptorInit({key.dtype} -> {key.out_dtype}, {layout.name})")
+                                                CUDA_DTYPES[key.out_dtype], self.layout.d_order),
+              f"cusparseLtDenseDescriptorInit(out {rows}x{cols} {key.out_dtype}, {key.layout})")
+        op_a, op_b = self.layout.ops()
+        a, b = (weight.descriptor, self.dense) if self.layout.sparse == "A" else (self.dense, weight.descriptor)
+        check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, op_a, op_b, a.ptr, b.ptr, self.out.ptr,
+                                                 self.out.ptr, compute_type(key.dtype, weight.lib_version)),
+              f"cusparseLtMatmulDescriptorInit({key.dtype} -> {key.out_dtype}, {key.layout})")
         if key.bias_ptr:
             self._bias = ctypes.c_void_p(key.bias_ptr)
             check(lib.cusparseLtMatmulDescSetAttribute(h, self.matmul.ptr, BIAS_POINTER, ctypes.byref(self._bias),
                                                        ctypes.sizeof(self._bias)),
                   "cusparseLtMatmulDescSetAttribute(BIAS_POINTER)")
+        choice_key = dataclasses.replace(key, bias_ptr=0)
+        known = _CHOSEN.get(choice_key)
+        self.timings: dict[int, float] = {}
+        self.searched = known is None and search != "default"
+        if known is not None:
+            self._build(known)
+        elif search == "default":
+            self._build(None)
+        elif search == "time":
+            self._time_algorithms(weight.compressed.data_ptr(), sample_x)
+        else:
+            self._build(None)
+            out = self._new_output(sample_x.device)
+            self._streams[0] = torch.cuda.current_stream(sample_x.device).cuda_stream
+            a_ptr, b_ptr = self._operands(weight.compressed.data_ptr(), sample_x)
+            check(lib.cusparseLtMatmulSearch(h, self.plan.ptr, ctypes.byref(self.alpha), a_ptr, b_ptr,
+                                             ctypes.byref(self.beta), out.data_ptr(), out.data_ptr(),
+                                             self.workspace.data_ptr(), self._streams, 1),
+                  "cusparseLtMatmulSearch")
+            self._build(self._read_choice())  # rebuild from fresh structs with what the search picked
+        self.choice = self._read_choice()
+        _CHOSEN.setdefault(choice_key, self.choice)
+
+    def _operands(self, weight_ptr: int, x: torch.Tensor) -> tuple[int, int]:
+        return (weight_ptr, x.data_ptr()) if self.layout.sparse == "A" else (x.data_ptr(), weight_ptr)
+
+    def _new_output(self, device: torch.device) -> torch.Tensor:
+        rows, cols, _ = self.layout.output_shape(self.key.m, self.key.n)
+        shape = (cols, rows) if self.layout.d_order == ORDER_COL else (rows, cols)
+        return torch.empty(shape, dtype=self.key.out_dtype, device=device)
+
+    def _build(self, choice: AlgChoice | None) -> None:
+        """Fresh algorithm selection and plan (with `choice` when given), and a workspace for them."""
+        lib, h = self._lib, self._handle.ptr
+        if self.plan is not None:
+            self._spare.append((self.alg, self.plan))
+        self.alg, self.plan = _Opaque(), _Opaque()
         check(lib.cusparseLtMatmulAlgSelectionInit(h, self.alg.ptr, self.matmul.ptr, ALG_DEFAULT),
               "cusparseLtMatmulAlgSelectionInit")
-        search_key = dataclasses.replace(key, bias_ptr=0)
-        known = _SEARCHED.get(search_key)
-        if known is not None:
-            self._set_choice(known)
-        self._init_plan()
-        self.searched = False
-        self.timings: dict[int, float] = {}
-        if known is None and search == "library":
-            out = torch.empty(key.m, key.n, dtype=key.out_dtype, device=sample_x.device)
-            self._streams[0] = torch.cuda.current_stream(sample_x.device).cuda_stream
-            check(lib.cusparseLtMatmulSearch(h, self.plan.ptr, ctypes.byref(self.alpha), weight.compressed.data_ptr(),
-                                             sample_x.data_ptr(), ctypes.byref(self.beta), out.data_ptr(),
-                                             out.data_ptr(), self.workspace.data_ptr(), self._streams, 1),
-                  "cusparseLtMatmulSearch")
-            self.searched = True
-            self._init_plan()  # the search wrote its choice into the selection: rebuild the plan with it
-        elif known is None and search == "time":
-            self._time_algorithms(weight.compressed.data_ptr(), sample_x)
-            self.searched = True
-        self.choice = AlgChoice(*(self._alg_attribute(a) for a in (ALG_CONFIG_ID, SPLIT_K, SPLIT_K_MODE,
-                                                                      SPLIT_K_BUFFERS)))
-        if self.searched:
-            _SEARCHED[search_key] = self.choice
+        if choice is not None:
+            settings = [(ALG_CONFIG_ID, choice.alg_id)]
+            if choice.split_k > 1:
+                settings += [(SPLIT_K, choice.split_k), (SPLIT_K_MODE, choice.split_k_mode),
+                             (SPLIT_K_BUFFERS, choice.split_k_buffers)]
+            for attribute, value in settings:
+                data = ctypes.c_int32(value)
+                check(lib.cusparseLtMatmulAlgSetAttribute(h, self.alg.ptr, attribute, ctypes.byref(data),
+                                                          ctypes.sizeof(data)),
+                      f"cusparseLtMatmulAlgSetAttribute({attribute}={value})")
+        check(lib.cusparseLtMatmulPlanInit(h, self.plan.ptr, self.matmul.ptr, self.alg.ptr),
+              "cusparseLtMatmulPlanInit")
+        size = ctypes.c_size_t()
+        check(lib.cusparseLtMatmulGetWorkspace(h, self.plan.ptr, ctypes.byref(size)), "cusparseLtMatmulGetWorkspace")
+        device = torch.device("cuda", self.key.device)
+        self.workspace = torch.empty(max(size.value, 1), dtype=torch.uint8, device=device)
 
-    def _time_algorithms(self, a_ptr: int, x: torch.Tensor, reps: int = 5) -> None:
-        """Time every algorithm id cuSPARSELt offers for this shape (median of `reps` launches each) and keep
-        the fastest -- what ``torch._cslt_sparse_mm_search`` does, here done once per shape and cached."""
-        count = self._alg_attribute(ALG_CONFIG_MAX_ID)
-        out = torch.empty(self.key.m, self.key.n, dtype=self.key.out_dtype, device=x.device)
-        for alg_id in range(max(count, 1)):
-            self._set_choice(AlgChoice(alg_id, 1, 0, 0))
-            self._init_plan()
+    def _read_choice(self) -> AlgChoice:
+        values = []
+        for attribute in (ALG_CONFIG_ID, SPLIT_K, SPLIT_K_MODE, SPLIT_K_BUFFERS):
+            value = ctypes.c_int32()
+            check(self._lib.cusparseLtMatmulAlgGetAttribute(self._handle.ptr, self.alg.ptr, attribute,
+                                                            ctypes.byref(value), ctypes.sizeof(value)),
+                  f"cusparseLtMatmulAlgGetAttribute({attribute})")
+            values.append(value.value)
+        return AlgChoice(*values)
+
+    def _time_algorithms(self, weight_ptr: int, x: torch.Tensor, reps: int = 5) -> None:
+        """Build a plan per algorithm id, time `reps` launches of each (median) and keep the fastest."""
+        self._build(None)
+        count = ctypes.c_int32()
+        check(self._lib.cusparseLtMatmulAlgGetAttribute(self._handle.ptr, self.alg.ptr, ALG_CONFIG_MAX_ID,
+                                                        ctypes.byref(count), ctypes.sizeof(count)),
+              "cusparseLtMatmulAlgGetAttribute(CONFIG_MAX_ID)")
+        out = self._new_output(x.device)
+        for alg_id in range(max(count.value, 1)):
+            self._build(AlgChoice(alg_id, 1, 0, 0))
             times = []
             for i in range(reps + 2):
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                self.launch(a_ptr, x, out)
+                self.launch(weight_ptr, x, out)
                 end.record()
                 end.synchronize()
                 if i >= 2:
                     times.append(start.elapsed_time(end))
             self.timings[alg_id] = sorted(times)[len(times) // 2]
-        best = min(self.timings, key=self.timings.get)
-        self._set_choice(AlgChoice(best, 1, 0, 0))
-        self._init_plan()
+        self._build(AlgChoice(min(self.timings, key=self.timings.get), 1, 0, 0))
 
-    def _alg_attribute(self, attribute: int) -> int:
-        value = ctypes.c_int32()
-        check(self._lib.cusparseLtMatmulAlgGetAttribute(self._handle.ptr, self.alg.ptr, attribute,
-                                                        ctypes.byref(value), ctypes.sizeof(value)),
-              f"cusparseLtMatmulAlgGetAttribute({attribute})")
-        return value.value
-
-    def _set_choice(self, choice: AlgChoice) -> None:
-        for attribute, value in ((ALG_CONFIG_ID, choice.alg_id), (SPLIT_K, choice.split_k),
-                                 (SPLIT_K_MODE, choice.split_k_mode), (SPLIT_K_BUFFERS, choice.split_k_buffers)):
-            if attribute != ALG_CONFIG_ID and choice.split_k <= 1:
-                continue
-            data = ctypes.c_int32(value)
-            check(self._lib.cusparseLtMatmulAlgSetAttribute(self._handle.ptr, self.alg.ptr, attribute,
-                                                            ctypes.byref(data), ctypes.sizeof(data)),
-                  f"cusparseLtMatmulAlgSetAttribute({attribute}={value})")
-
-    def _init_plan(self) -> None:
-        if self._plan_ready:
-            check(self._lib.cusparseLtMatmulPlanDestroy(self.plan.ptr), "cusparseLtMatmulPlanDestroy")
-            self._plan_ready = False
-        check(self._lib.cusparseLtMatmulPlanInit(self._handle.ptr, self.plan.ptr, self.matmul.ptr, self.alg.ptr),
-              "cusparseLtMatmulPlanInit")
-        self._plan_ready = True
-        size = ctypes.c_size_t()
-        check(self._lib.cusparseLtMatmulGetWorkspace(self._handle.ptr, self.plan.ptr, ctypes.byref(size)),
-              "cusparseLtMatmulGetWorkspace")
-        device = torch.device("cuda", self.key.device)
-        self.workspace = torch.empty(max(size.value, 1), dtype=torch.uint8, device=device)
-
-    def launch(self, a_ptr: int, x: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> None:
-        """Enqueue one cusparseLtMatmul on torch's current stream: out = alpha · x Wᵀ (+ bias), W at `a_ptr`."""
+    def launch(self, weight_ptr: int, x: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> None:
+        """Enqueue one cusparseLtMatmul on torch's current stream: out = alpha · x Wᵀ (+ bias), W at `weight_ptr`."""
         self.alpha.value = alpha
         self._streams[0] = torch.cuda.current_stream(x.device).cuda_stream
-        check(self._lib.cusparseLtMatmul(self._handle.ptr, self.plan.ptr, ctypes.byref(self.alpha), a_ptr,
-                                         x.data_ptr(), ctypes.byref(self.beta), out.data_ptr(), out.data_ptr(),
+        a_ptr, b_ptr = self._operands(weight_ptr, x)
+        check(self._lib.cusparseLtMatmul(self._handle.ptr, self.plan.ptr, ctypes.byref(self.alpha), a_ptr, b_ptr,
+                                         ctypes.byref(self.beta), out.data_ptr(), out.data_ptr(),
                                          self.workspace.data_ptr(), self._streams, 1),
               "cusparseLtMatmul")
 
     def __del__(self) -> None:
         try:
-            if self._plan_ready:
-                self._lib.cusparseLtMatmulPlanDestroy(self.plan.ptr)
+            for _, plan in [*self._spare, (None, self.plan)]:
+                if plan is not None:
+                    self._lib.cusparseLtMatmulPlanDestroy(plan.ptr)
             self._lib.cusparseLtMatDescriptorDestroy(self.dense.ptr)
             self._lib.cusparseLtMatDescriptorDestroy(self.out.ptr)
         except Exception:  # interpreter shutdown: the library may be gone already
@@ -440,9 +469,9 @@ class Plan:
 
 
 def clear_plans() -> None:
-    """Forget every cached plan and search result (they are rebuilt on next use)."""
+    """Forget every cached plan and algorithm choice (they are rebuilt on next use)."""
     _PLANS.clear()
-    _SEARCHED.clear()
+    _CHOSEN.clear()
 
 
 def cached_plans() -> dict[PlanKey, AlgChoice]:
@@ -452,18 +481,22 @@ def cached_plans() -> dict[PlanKey, AlgChoice]:
 
 # -------------------------------------------------------------------------------------------------- weight
 class Semi24Weight:
-    """A 2:4 weight W (N, K) compressed by cuSPARSELt; its matmul plans are cached per `PlanKey` and shared
-    by all weights of the same shape and dtype."""
+    """A 2:4 weight W (N, K) compressed by cuSPARSELt as operand `role` ("A" or "B" of its matmul); matmul
+    plans are cached per `PlanKey` and shared by all weights of the same shape, dtype and layout."""
 
-    def __init__(self, weight_shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, weight_shape: tuple[int, int], dtype: torch.dtype, device: torch.device,
+                 role: str = "A") -> None:
         """An empty weight of this shape, with its structured descriptor (use `from_dense` to fill it)."""
         if dtype not in INPUT_DTYPES:
             raise TypeError(f"weight dtype must be one of {INPUT_DTYPES}, got {dtype}")
+        if role not in ("A", "B"):
+            raise ValueError(f"role must be 'A' or 'B', got {role!r}")
         self.lib = load_library()
         self.lib_version = version()
         self.shape = tuple(weight_shape)
         self.dtype = dtype
         self.device = device
+        self.role = role
         self.handle = handle(device)
         self.descriptor = _Opaque()
         n, k = self.shape
@@ -472,20 +505,26 @@ class Semi24Weight:
               f"cusparseLtStructuredDescriptorInit(W {n}x{k} {dtype})")
         self.compressed = torch.empty(0, dtype=torch.uint8, device=device)
 
+    @property
+    def _operand(self) -> tuple[int, int]:
+        """(isSparseA, op) for prune/compress: W is A read as is, or B read transposed."""
+        return (1, OP_N) if self.role == "A" else (0, OP_T)
+
     @classmethod
-    def from_dense(cls, dense: torch.Tensor, prune: bool = False) -> Semi24Weight:
+    def from_dense(cls, dense: torch.Tensor, prune: bool = False, layout: str | None = None) -> Semi24Weight:
         """Compress a CUDA weight (N, K) that is 2:4 already (or prune it first with cuSPARSELt's strip pruning
-        when `prune=True`: the two largest |w| of each group of four are kept)."""
+        when `prune=True`: the two largest |w| of each group of four are kept) for `layout`'s operand role."""
         if dense.dim() != 2:
             raise ValueError(f"dense must be 2-D (out_features, in_features), got shape {tuple(dense.shape)}")
         check_linear_shapes((8, dense.shape[1]), tuple(dense.shape), dense.dtype)
         dense = dense.contiguous()
-        weight = cls(tuple(dense.shape), dense.dtype, dense.device)
+        weight = cls(tuple(dense.shape), dense.dtype, dense.device, role=choose_layout(layout).sparse)
         lib, h = weight.lib, weight.handle
+        is_a, op = weight._operand
         stream = ctypes.c_void_p(torch.cuda.current_stream(dense.device).cuda_stream)
         if prune:
             pruned = torch.empty_like(dense)
-            check(lib.cusparseLtSpMMAPrune2(h.ptr, weight.descriptor.ptr, 1, OP_N, dense.data_ptr(),
+            check(lib.cusparseLtSpMMAPrune2(h.ptr, weight.descriptor.ptr, is_a, op, dense.data_ptr(),
                                             pruned.data_ptr(), PRUNE_STRIP, stream), "cusparseLtSpMMAPrune2")
             dense = pruned
         size, buffer_size = ctypes.c_size_t(), ctypes.c_size_t()
@@ -493,7 +532,7 @@ class Semi24Weight:
                                                  ctypes.byref(buffer_size)), "cusparseLtSpMMACompressedSize2")
         weight.compressed = torch.empty(size.value, dtype=torch.uint8, device=dense.device)
         scratch = torch.empty(max(buffer_size.value, 1), dtype=torch.uint8, device=dense.device)
-        check(lib.cusparseLtSpMMACompress2(h.ptr, weight.descriptor.ptr, 1, OP_N, dense.data_ptr(),
+        check(lib.cusparseLtSpMMACompress2(h.ptr, weight.descriptor.ptr, is_a, op, dense.data_ptr(),
                                            weight.compressed.data_ptr(), scratch.data_ptr(), stream),
               "cusparseLtSpMMACompress2")
         weight._scratch = scratch  # freed with the weight; the compress kernel may still be reading it
@@ -503,23 +542,31 @@ class Semi24Weight:
         """cuSPARSELt's own check that `dense` (shaped like this weight) is 2:4 along its rows."""
         valid = torch.zeros(1, dtype=torch.int32, device=dense.device)
         stream = ctypes.c_void_p(torch.cuda.current_stream(dense.device).cuda_stream)
-        check(self.lib.cusparseLtSpMMAPruneCheck2(self.handle.ptr, self.descriptor.ptr, 1, OP_N,
+        is_a, op = self._operand
+        check(self.lib.cusparseLtSpMMAPruneCheck2(self.handle.ptr, self.descriptor.ptr, is_a, op,
                                                   dense.contiguous().data_ptr(), valid.data_ptr(), stream),
               "cusparseLtSpMMAPruneCheck2")
         return int(valid.item()) == 0
+
+    def default_layout(self) -> str:
+        """`DEFAULT_LAYOUT` when it fits this weight's role, else the first layout that does."""
+        if LAYOUTS[DEFAULT_LAYOUT].sparse == self.role:
+            return DEFAULT_LAYOUT
+        return next(name for name, lay in LAYOUTS.items() if lay.sparse == self.role)
 
     def plan_for(self, x: torch.Tensor, out_dtype: torch.dtype, bias: torch.Tensor | None = None,
                  layout: str | None = None, search: str | None = None) -> Plan:
         """The cached plan for this x (M, K), output dtype, bias and layout; built (and searched) on first use."""
         key = PlanKey(m=x.shape[0], k=self.shape[1], n=self.shape[0], dtype=self.dtype, out_dtype=out_dtype,
-                      layout=choose_layout(layout).name, bias_ptr=0 if bias is None else bias.data_ptr(),
+                      layout=choose_layout(layout or self.default_layout()).name,
+                      bias_ptr=0 if bias is None else bias.data_ptr(),
                       device=x.device.index if x.device.index is not None else torch.cuda.current_device())
         plan = _PLANS.get(key)
         if plan is None:
             if torch.cuda.is_current_stream_capturing():
                 raise CusparseLtError(
                     f"no cuSPARSELt plan for {key} yet and a CUDA graph is being captured: run the layer once "
-                    "outside the capture (warm-up) so the plan is built and searched first"
+                    "outside the capture (warm-up) so the plan is built first"
                 )
             plan = Plan(self, key, x, search=search or SEARCH)
             _PLANS[key] = plan
@@ -528,7 +575,8 @@ class Semi24Weight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                alpha: float = 1.0, layout: str | None = None) -> torch.Tensor:
         """y = alpha · x Wᵀ (+ bias) for x (M, K) on the weight's device: one cusparseLtMatmul launch once the
-        plan for M exists. int8 weights take int8 x and write int32 (default), int8, float16 or bfloat16."""
+        plan for M exists. int8 weights take int8 x and write int32 (default), int8, float16 or bfloat16.
+        With a ``D-row`` layout, y is a transposed (column-major) view, as PyTorch's own 2:4 linear returns."""
         if x.dtype != self.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the weight is {self.dtype}")
         if out_dtype is None:
@@ -538,12 +586,20 @@ class Semi24Weight:
                 raise TypeError(f"int8 matmuls write one of {INT8_OUT_DTYPES}, got out_dtype={out_dtype}")
         elif out_dtype != self.dtype:
             raise TypeError(f"{self.dtype} matmuls write {self.dtype}, got out_dtype={out_dtype}")
-        if x.stride(-1) != 1 or (x.dim() == 2 and x.stride(0) != x.shape[1]):
+        if x.dim() != 2 or x.stride(1) != 1 or x.stride(0) != x.shape[1]:
             x = x.contiguous()
         check_linear_shapes(tuple(x.shape), self.shape, self.dtype)
         if bias is not None and (bias.shape != (self.shape[0],) or bias.dtype != out_dtype):
             raise ValueError(f"bias must be ({self.shape[0]},) of {out_dtype}, got {tuple(bias.shape)} {bias.dtype}")
+        late_bias = None
+        if bias is not None and choose_layout(layout or self.default_layout()).sparse == "B":
+            # cuSPARSELt adds its bias per row of D, and D = x Wᵀ has a row per token: add it afterwards
+            bias, late_bias = None, bias
         plan = self.plan_for(x, out_dtype, bias, layout)
+        if plan.layout.out_transposed:
+            out = torch.empty(self.shape[0], x.shape[0], dtype=out_dtype, device=x.device)
+            plan.launch(self.compressed.data_ptr(), x, out, alpha)
+            return out.t()
         out = torch.empty(x.shape[0], self.shape[0], dtype=out_dtype, device=x.device)
         plan.launch(self.compressed.data_ptr(), x, out, alpha)
-        return out
+        return out if late_bias is None else out.add_(late_bias)
