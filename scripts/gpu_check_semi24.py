@@ -209,7 +209,7 @@ if __name__ == "__main__":
         from sparsity_lab.results import save_results
 
         figures = semi24.run(quick=not full, dtypes=(torch.float16, torch.bfloat16) if full else (torch.float16,),
-                             log=log)
+                             log=log, partial=OUT / "semi24_gpu.json")
         save_results("semi24_gpu", figures, OUT / "semi24_gpu.json")
         return figures["summary"]
 

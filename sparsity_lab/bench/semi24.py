@@ -234,8 +234,9 @@ def summarize(rows: list[dict], compressors: dict) -> dict:
 
 
 def run(quick: bool = False, dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16),
-        log: Callable[[str], None] = print) -> dict:
-    """Measure everything; return the figures of the results file."""
+        log: Callable[[str], None] = print, partial: Path | None = None) -> dict:
+    """Measure everything; return the figures of the results file (also saved to `partial` after every shape,
+    so a run cut short keeps what it measured)."""
     if not torch.cuda.is_available():
         raise RuntimeError("bench semi24 needs a CUDA GPU (the recorded results are in sparsity_lab/recorded/)")
     from sparsity_lab import cusparselt
@@ -251,11 +252,14 @@ def run(quick: bool = False, dtypes: tuple[torch.dtype, ...] = (torch.float16, t
         for m, k, n in shapes(quick):
             rows.append(measure_linear(m, k, n, dtype, log=log))
             torch.cuda.empty_cache()
+            if partial is not None:
+                save_results("semi24_gpu", {**figures, "linear": rows, "complete": False}, partial)
     figures["linear"] = rows
     figures["int8"] = measure_int8(log=log)
     figures["plans"] = [{"key": repr(key), "alg_id": c.alg_id, "split_k": c.split_k}
                         for key, c in cusparselt.cached_plans().items()]
     figures["summary"] = summarize(rows, figures["compressors"])
+    figures["complete"] = True
     log(f"summary {figures['summary']}")
     return figures
 
