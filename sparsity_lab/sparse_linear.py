@@ -108,6 +108,8 @@ class SparseLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self._packed = None
         self._packed_for: tuple | None = None
+        self._sparse_fn: Callable | None = None
+        self._routes: dict[tuple, bool] = {}  # (device, dtype, M) -> run sparse?
         self.last_reason = "not run yet"
 
     @classmethod
@@ -132,35 +134,49 @@ class SparseLinear(nn.Module):
             return f"{m} tokens: the 2:4 path needs a multiple of 8"
         return None
 
-    def _pack(self):
+    def _pack(self) -> Callable:
+        """The packed weight's matmul (x2, bias) -> y, rebuilt when the weight moved or changed dtype."""
         key = (self.weight.device, self.weight.dtype, self.weight.data_ptr())
         if self._packed_for != key:
             from sparsity_lab.semi24_matmul import Semi24Linear
 
             self._packed = Semi24Linear(self.weight.detach(), self.backend, prune=False)
             self._packed_for = key
-        return self._packed
+            self._routes.clear()
+            # our binding's own entry point skips Semi24Linear's reshaping: less host time per call
+            self._sparse_fn = self._packed.packed.linear if self.backend == "cusparselt" else self._packed.linear
+        return self._sparse_fn
 
     def sparse_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """The 2:4 kernel on x (M, K), no dispatching."""
-        return self._pack().linear(x2, self.bias)
+        return self._pack()(x2, self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _route(self, x: torch.Tensor, x2: torch.Tensor) -> bool:
+        """Decide (once per device, dtype and token count) whether this input goes to the 2:4 kernel."""
         reason = self.sparse_unavailable(x)
         if reason:
             self.last_reason = f"dense (pruned weight): {reason}"
-            return F.linear(x, self.weight, self.bias)
-        x2 = x.reshape(-1, self.in_features)
-        if self.dispatcher is not None:
-            key = (x2.shape[0], self.in_features, self.out_features, x.dtype, self.backend)
-            decision = self.dispatcher.choose(key, lambda: self.sparse_forward(x2),
-                                              lambda: F.linear(x2, self.weight, self.bias))
-            self.last_reason = decision.reason
-            if not decision.sparse:
-                return F.linear(x, self.weight, self.bias)
-        else:
+            return False
+        self._pack()
+        if self.dispatcher is None:
             self.last_reason = "sparse (no dispatcher)"
-        return self.sparse_forward(x2).reshape(*x.shape[:-1], self.out_features)
+            return True
+        key = (x2.shape[0], self.in_features, self.out_features, x.dtype, self.backend)
+        decision = self.dispatcher.choose(key, lambda: self.sparse_forward(x2),
+                                          lambda: F.linear(x2, self.weight, self.bias))
+        self.last_reason = decision.reason
+        return decision.sparse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        route_key = (x.device, x.dtype, x2.shape[0])
+        sparse = self._routes.get(route_key)
+        if sparse is None or (sparse and self._packed_for[2] != self.weight.data_ptr()):
+            sparse = self._route(x, x2)
+            self._routes[route_key] = sparse
+        if not sparse:
+            return F.linear(x, self.weight, self.bias)
+        return self._sparse_fn(x2, self.bias).reshape(*x.shape[:-1], self.out_features)
 
 
 def swap_linears(model: nn.Module, backend: str = "cusparselt", dispatcher: Dispatcher | None = DEFAULT_DISPATCHER,

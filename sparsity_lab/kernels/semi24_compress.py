@@ -139,7 +139,7 @@ def _block_k(cols: int, wanted: int) -> int:
 
 
 def prune_and_compress(
-    dense: torch.Tensor, prune: bool = True, block_m: int = 32, block_k: int = 128, num_warps: int = 4,
+    dense: torch.Tensor, prune: bool = True, block_m: int = 16, block_k: int = 128, num_warps: int = 2,
     return_pruned: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Prune `dense` (out_features, in_features) to 2:4 by magnitude (unless `prune=False`: it must be 2:4
