@@ -14,55 +14,92 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from sparsity_lab.bench.semi24 import bench_ms
 from sparsity_lab.results import RECORDED_DIR, save_results
 
 SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.99)
 
 
-def run(m: int = 4096, k: int = 4096, n: int = 4096, dtype: torch.dtype = torch.float16,
-        sparsities: tuple[float, ...] = SPARSITIES, log: Callable[[str], None] = print) -> dict:
-    """Measure dense, CSR and row-pruned matmuls at each sparsity (and 2:4 at 50%)."""
-    from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.kernels.semi24_compress import prune_and_compress
+def time_ms(fn: Callable[[], object], device: str) -> float:
+    """Milliseconds of `fn`: the median of do_bench (CUDA events) on a GPU; on the CPU the fastest of 7
+    wall-clock runs (other processes only ever add time, so the minimum is the least disturbed run)."""
+    if device == "cuda":
+        from sparsity_lab.bench.semi24 import bench_ms
 
-    x = torch.randn(m, k, device="cuda", dtype=dtype)
-    w = torch.randn(n, k, device="cuda", dtype=dtype)
+        return bench_ms(fn)
+    fn()
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return min(times)
+
+
+def run(m: int = 4096, k: int = 4096, n: int = 4096, dtype: torch.dtype = torch.float16,
+        sparsities: tuple[float, ...] = SPARSITIES, device: str = "cuda",
+        log: Callable[[str], None] = print) -> dict:
+    """Measure dense, CSR and row-pruned matmuls at each sparsity (and 2:4 at 50%, on a GPU). On the CPU it runs
+    single-threaded: on a shared machine a second thread waiting for a busy core distorts every timing."""
+    if device == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _run(m, k, n, dtype, sparsities, device, log)
+        finally:
+            torch.set_num_threads(threads)
+    return _run(m, k, n, dtype, sparsities, device, log)
+
+
+def _run(m: int, k: int, n: int, dtype: torch.dtype, sparsities: tuple[float, ...], device: str,
+         log: Callable[[str], None]) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
+    w = torch.randn(n, k, device=device, dtype=dtype, generator=gen)
+    bench_ms = lambda fn: time_ms(fn, device)  # noqa: E731
     dense_ms = bench_ms(lambda: x @ w.t())
     rows = []
     for sparsity in sparsities:
-        row: dict = {"sparsity": sparsity}
-        scores = torch.rand(n, k, device="cuda")
+        # dense again next to each variant: a busy machine then slows both alike
+        row: dict = {"sparsity": sparsity, "dense_ms": bench_ms(lambda: x @ w.t())}
+        scores = torch.rand(n, k, device=device, generator=gen)
         unstructured = w * (scores >= sparsity)
-        csr = unstructured.to_sparse_csr()
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            csr = unstructured.to_sparse_csr()
         xt = x.t().contiguous()
         try:
             y = torch.sparse.mm(csr, xt)
             ref = unstructured.float() @ xt.float()
             row["csr_relerr"] = float((y.float() - ref).norm() / ref.norm())
             row["csr_ms"] = bench_ms(lambda csr=csr, xt=xt: torch.sparse.mm(csr, xt))
-            row["csr_speedup"] = dense_ms / row["csr_ms"]
+            row["csr_speedup"] = row["dense_ms"] / row["csr_ms"]
         except RuntimeError as err:
             row["csr_error"] = str(err)[:200]
         kept_rows = max(16, round(n * (1 - sparsity) / 16) * 16)
         small = w[:kept_rows].contiguous()
         row["rows_kept"] = kept_rows
         row["row_pruned_ms"] = bench_ms(lambda small=small: x @ small.t())
-        row["row_pruned_speedup"] = dense_ms / row["row_pruned_ms"]
+        row["row_pruned_speedup"] = row["dense_ms"] / row["row_pruned_ms"]
         row["ideal_speedup"] = 1 / (1 - sparsity)
-        if sparsity == 0.5:
+        if sparsity == 0.5 and device == "cuda":
+            from sparsity_lab.cusparselt import Semi24Weight
+            from sparsity_lab.kernels.semi24_compress import prune_and_compress
+
             _, _, pruned = prune_and_compress(w, return_pruned=True)
             semi = Semi24Weight.from_dense(pruned)
             row["semi24_ms"] = bench_ms(lambda semi=semi: semi.linear(x))
-            row["semi24_speedup"] = dense_ms / row["semi24_ms"]
+            row["semi24_speedup"] = row["dense_ms"] / row["semi24_ms"]
         log(f"gpu_structure {row}")
         rows.append(row)
-    return {"M": m, "K": k, "N": n, "dtype": str(dtype).removeprefix("torch."), "dense_ms": dense_ms, "rows": rows}
+    return {"M": m, "K": k, "N": n, "dtype": str(dtype).removeprefix("torch."), "device": device,
+            "dense_ms": dense_ms, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
