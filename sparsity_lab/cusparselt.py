@@ -15,9 +15,13 @@ is done once:
    CUDA graph.
 
 The transpose trick: ``nn.Linear`` computes y = x Wᵀ with x (M, K) and W (N, K), while cuSPARSELt wants the
-structured operand first. We compute D = W · xᵀ (N x M) and ask for D in column-major order with leading
-dimension N, which is exactly y (M, N) in row-major order; xᵀ is x itself read with opB = TRANSPOSE. No copy
-of x or y is made (`LINEAR_LAYOUT`).
+structured operand first. We compute D = W · xᵀ (N x M): xᵀ is x itself read with opB = TRANSPOSE (no copy).
+D comes back row-major, i.e. yᵀ, and `Semi24Weight.linear` returns y as the transposed view ``D.t()`` -- what
+PyTorch's own 2:4 ``F.linear`` returns too (``DEFAULT_LAYOUT = "W.xT/D-row"``). Two other layouts are kept for
+experiments: D column-major (y row-major directly, ``"W.xT/D-col"``) and W as the sparse *second* operand
+(``"x.WT/sparse-B"``). Measured on an H100 with cuSPARSELt 0.8 (``scripts/notes/``): their default kernels are
+about 2x slower, and searching their algorithms hits kernels that fail (INTERNAL_ERROR, illegal instruction), so
+only the default layout searches (`SEARCHABLE_LAYOUTS`).
 
 int8: int8 x int8 with int32 accumulation, written as int32, int8 or float16/bfloat16 with a per-tensor scale
 ``alpha`` (y = alpha · x Wᵀ), for quantized weights and activations.
@@ -251,13 +255,13 @@ class Layout:
         return (OP_N, OP_T)
 
 
-LINEAR_LAYOUT = Layout("W.xT/D-col", "A", ORDER_COL)
 LAYOUTS = {
-    LINEAR_LAYOUT.name: LINEAR_LAYOUT,
     "W.xT/D-row": Layout("W.xT/D-row", "A", ORDER_ROW),
+    "W.xT/D-col": Layout("W.xT/D-col", "A", ORDER_COL),
     "x.WT/sparse-B": Layout("x.WT/sparse-B", "B", ORDER_ROW),
 }
-DEFAULT_LAYOUT = LINEAR_LAYOUT.name
+DEFAULT_LAYOUT = "W.xT/D-row"
+SEARCHABLE_LAYOUTS = frozenset({"W.xT/D-row"})  # the others crash some algorithm ids (see the module docstring)
 
 
 def choose_layout(name: str | None = None) -> Layout:
@@ -308,7 +312,7 @@ class AlgChoice:
 
 
 SEARCH_MODES = ("time", "library", "default")
-SEARCH = "default"  # how new plans pick their algorithm (module-wide default; see Plan)
+SEARCH = "library"  # how new plans pick their algorithm (module-wide default; see Plan)
 _PLANS: dict[PlanKey, Plan] = {}
 _CHOSEN: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the choice does not depend on the bias
 
@@ -596,7 +600,9 @@ class Semi24Weight:
                     f"no cuSPARSELt plan for {key} yet and a CUDA graph is being captured: run the layer once "
                     "outside the capture (warm-up) so the plan is built first"
                 )
-            plan = Plan(self, key, x, search=search or SEARCH)
+            if search is None:
+                search = SEARCH if key.layout in SEARCHABLE_LAYOUTS else "default"
+            plan = Plan(self, key, x, search=search)
             _PLANS[key] = plan
         return plan
 

@@ -88,7 +88,10 @@ BACKENDS = ("cusparselt", "torch_cslt", "cutlass")
 
 
 class SparseLinear(nn.Module):
-    """y = x Wᵀ + b with a 2:4-pruned W: cuSPARSELt (or another 2:4 backend) where measured faster, else dense."""
+    """y = x Wᵀ + b with a 2:4-pruned W: cuSPARSELt (or another 2:4 backend) where measured faster, else dense.
+
+    Inference only: the weight is frozen, and an input that needs gradients takes the dense path (which
+    autograd can differentiate). The sparse path returns y as a transposed (column-major) view."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "cusparselt",
                  dispatcher: Dispatcher | None = DEFAULT_DISPATCHER, prune: bool = True) -> None:
@@ -109,7 +112,7 @@ class SparseLinear(nn.Module):
         self._packed = None
         self._packed_for: tuple | None = None
         self._sparse_fn: Callable | None = None
-        self._routes: dict[tuple, bool] = {}  # (device, dtype, M) -> run sparse?
+        self._routes: dict[tuple, bool] = {}  # (device, dtype, M, needs grad) -> run sparse?
         self.last_reason = "not run yet"
 
     @classmethod
@@ -122,6 +125,8 @@ class SparseLinear(nn.Module):
 
     def sparse_unavailable(self, x: torch.Tensor) -> str | None:
         """Why this input cannot take the 2:4 kernel (None when it can)."""
+        if x.requires_grad and torch.is_grad_enabled():
+            return "x requires grad and the 2:4 kernels have no backward (inference only)"
         reason = unavailable_reason(self.backend, x.device, x.dtype)
         if reason:
             return reason
@@ -169,7 +174,7 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        route_key = (x.device, x.dtype, x2.shape[0])
+        route_key = (x.device, x.dtype, x2.shape[0], x.requires_grad and torch.is_grad_enabled())
         sparse = self._routes.get(route_key)
         if sparse is None or (sparse and self._packed_for[2] != self.weight.data_ptr()):
             sparse = self._route(x, x2)

@@ -25,6 +25,16 @@ def test_sparse_linear_prunes_to_24_and_computes_the_pruned_linear_on_the_cpu():
     assert "dense (pruned weight)" in layer.last_reason and "CUDA" in layer.last_reason
 
 
+def test_inputs_that_need_gradients_take_the_dense_path():
+    layer = SparseLinear(torch.randn(64, 64))
+    x = torch.randn(4, 64, requires_grad=True)
+    layer(x).sum().backward()
+    assert "no backward" in layer.last_reason and x.grad is not None and x.grad.shape == (4, 64)
+    with torch.no_grad():
+        layer(x)
+    assert "no backward" not in layer.last_reason
+
+
 def test_pruning_keeps_the_two_largest_of_each_group():
     weight = torch.tensor([[0.1, -5.0, 3.0, 0.2] * 16] * 64)
     layer = SparseLinear(weight, backend="cusparselt")
