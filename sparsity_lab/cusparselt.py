@@ -8,9 +8,10 @@ is done once:
    matrix, prunes it if asked (cuSPARSELt's strip pruning keeps the two largest |w| of each 1x4 group) and
    compresses it (values + metadata in cuSPARSELt's own layout, an opaque byte buffer).
 2. The first call of `Semi24Weight.linear` for a token count M builds a plan for that shape: dense and output
-   descriptors, the matmul descriptor, an algorithm choice (each of cuSPARSELt's kernels for this shape is
-   timed once and the fastest kept), the final plan and its workspace. The plan is cached under a
-   `PlanKey` (shapes, dtypes, layout, bias).
+   descriptors, the matmul descriptor, an algorithm choice (``SEARCH = "library"``: cusparseLtMatmulSearch
+   times cuSPARSELt's kernels for this shape once; ``"time"`` does it ourselves; ``"default"`` skips it), the
+   final plan and its workspace. The plan is cached under a `PlanKey` (shapes, dtypes, layout, bias) and
+   shared by every weight of that shape.
 3. Every later call is one ``cusparseLtMatmul`` launch on torch's current stream, so it also records into a
    CUDA graph.
 
