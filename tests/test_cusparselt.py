@@ -1,0 +1,176 @@
+"""Our cuSPARSELt binding: the pure-Python parts on the CPU (layouts, plan keys, errors), the rest on a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+
+import pytest
+import torch
+
+from sparsity_lab import cusparselt as cslt
+
+
+def test_linear_layout_reads_x_and_writes_y_without_copies():
+    layout = cslt.choose_layout("W.xT/D-col")
+    assert layout.sparse == "A" and layout.ops() == (cslt.OP_N, cslt.OP_T)
+    assert layout.dense_shape(m=16, k=4096) == (16, 4096, 4096)  # x as stored: M x K, row-major
+    assert layout.output_shape(m=16, n=1024) == (1024, 16, 1024)  # D = N x M column-major is y, row-major
+    assert not layout.out_transposed
+
+
+def test_row_major_output_is_returned_as_a_transposed_view():
+    layout = cslt.choose_layout("W.xT/D-row")
+    assert layout.output_shape(m=16, n=1024) == (1024, 16, 16) and layout.out_transposed
+
+
+def test_sparse_b_layout_writes_y_directly():
+    layout = cslt.choose_layout("x.WT/sparse-B")
+    assert layout.sparse == "B" and layout.output_shape(m=16, n=1024) == (16, 1024, 1024)
+    assert not layout.out_transposed
+
+
+def test_default_layout_and_bad_names():
+    assert cslt.choose_layout(None) is cslt.LAYOUTS[cslt.DEFAULT_LAYOUT]
+    # measured on an H100: D row-major is the fast layout, and the only one whose algorithm search is safe
+    assert cslt.DEFAULT_LAYOUT == "W.xT/D-row" and cslt.SEARCHABLE_LAYOUTS == {"W.xT/D-row"}
+    with pytest.raises(ValueError, match="layout must be one of"):
+        cslt.choose_layout("row-major please")
+
+
+def test_plan_keys_separate_every_shape_dtype_layout_and_bias():
+    key = cslt.PlanKey(m=16, k=4096, n=4096, dtype=torch.float16, out_dtype=torch.float16, layout="W.xT/D-row",
+                       bias_ptr=0, device=0)
+    same = dataclasses.replace(key)
+    assert key == same and hash(key) == hash(same)
+    for change in ({"m": 32}, {"k": 8192}, {"n": 1024}, {"dtype": torch.bfloat16}, {"out_dtype": torch.int32},
+                   {"layout": "W.xT/D-col"}, {"bias_ptr": 1234}, {"device": 1}):
+        assert dataclasses.replace(key, **change) != key, change
+    cache = {key: "plan"}
+    assert cache[same] == "plan"
+
+
+def test_compute_type_follows_the_library_version():
+    assert cslt.compute_type(torch.float16, (0, 8, 0)) == cslt.compute_type(torch.bfloat16, (0, 8, 0)) == 2  # 32F
+    assert cslt.compute_type(torch.int8, (0, 8, 0)) == 0  # 32I
+    assert cslt.compute_type(torch.int8, (0, 5, 2)) == 1 and cslt.compute_type(torch.float16, (0, 5, 2)) == 0
+    with pytest.raises(TypeError, match="float16, bfloat16 or int8"):
+        cslt.compute_type(torch.float32, (0, 8, 0))
+
+
+def test_status_codes_raise_with_their_names():
+    cslt.check(0, "anything")
+    with pytest.raises(cslt.CusparseLtError, match=r"cusparseLtMatmul failed: CUSPARSE_STATUS_INTERNAL_ERROR \(7\)"):
+        cslt.check(7, "cusparseLtMatmul")
+    with pytest.raises(cslt.CusparseLtError, match="NOT_SUPPORTED"):
+        cslt.check(10, "x")
+
+
+def test_shape_rules_name_the_dimension():
+    cslt.check_linear_shapes((16, 4096), (1024, 4096), torch.float16)
+    with pytest.raises(ValueError, match=r"x must be \(M, 4096\)"):
+        cslt.check_linear_shapes((16, 4095), (1024, 4096), torch.float16)
+    with pytest.raises(ValueError, match="out_features N = 1000.*multiple of 16"):
+        cslt.check_linear_shapes((16, 4096), (1000, 4096), torch.float16)
+    with pytest.raises(ValueError, match="in_features K = 48.*multiple of 32"):
+        cslt.check_linear_shapes((16, 48), (64, 48), torch.int8)
+    with pytest.raises(ValueError, match="tokens M = 17"):
+        cslt.check_linear_shapes((17, 4096), (1024, 4096), torch.float16)
+
+
+def test_missing_library_says_where_it_looked_and_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(cslt, "_LIB", None)
+    monkeypatch.setattr(cslt, "library_candidates", lambda: [tmp_path / "libcusparseLt.so.0"])
+
+    def refuse(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", refuse)
+    with pytest.raises(cslt.CusparseLtUnavailable, match="not found.*libcusparseLt.so.0.*pip install nvidia-cusp"):
+        cslt.load_library()
+
+
+def test_library_candidates_are_paths():
+    assert all(p.name.startswith("libcusparseLt.so") for p in cslt.library_candidates())
+
+
+def test_cpu_tensors_are_refused_with_the_reason():
+    with pytest.raises(cslt.CusparseLtError, match="CUDA devices"):
+        cslt.handle(torch.device("cpu"))
+
+
+def test_opaque_buffers_are_16_byte_aligned():
+    assert all(cslt._Opaque().ptr.value % 16 == 0 for _ in range(8))
+
+
+# ------------------------------------------------------------------------------------------------------------ GPU
+def _pruned(n, k, dtype):
+    from sparsity_lab.kernels.semi24_compress import prune24_reference
+
+    if dtype == torch.int8:
+        return prune24_reference(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
+    return prune24_reference(torch.randn(n, k, device="cuda", dtype=dtype))
+
+
+def _relerr(y, ref):
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [16, 256])
+def test_linear_matches_dense_with_and_without_bias(dtype, m):
+    w = _pruned(512, 1024, dtype)
+    x = torch.randn(m, 1024, device="cuda", dtype=dtype)
+    b = torch.randn(512, device="cuda", dtype=dtype)
+    weight = cslt.Semi24Weight.from_dense(w)
+    ref = x.double() @ w.double().t()
+    assert _relerr(weight.linear(x), ref) < 1e-2
+    assert _relerr(weight.linear(x, bias=b), ref + b.double()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [torch.int32, torch.int8, torch.float16, torch.bfloat16])
+def test_int8_outputs_with_alpha(out_dtype):
+    w = _pruned(256, 512, torch.int8)
+    x = torch.randint(-8, 8, (64, 512), device="cuda", dtype=torch.int8)
+    alpha = 1.0 if out_dtype == torch.int32 else 0.05
+    y = cslt.Semi24Weight.from_dense(w).linear(x, out_dtype=out_dtype, alpha=alpha)
+    ref = (x.double() @ w.double().t()) * alpha
+    if out_dtype == torch.int8:
+        ref = ref.round().clamp(-128, 127)
+    assert y.dtype == out_dtype and _relerr(y, ref) < 1e-2
+
+
+@pytest.mark.gpu
+def test_plans_are_built_once_and_shared_between_weights_of_one_shape():
+    cslt.clear_plans()
+    x = torch.randn(64, 1024, device="cuda", dtype=torch.float16)
+    first = cslt.Semi24Weight.from_dense(_pruned(512, 1024, torch.float16))
+    second = cslt.Semi24Weight.from_dense(_pruned(512, 1024, torch.float16))
+    first.linear(x)
+    second.linear(x)
+    assert len(cslt.cached_plans()) == 1
+
+
+@pytest.mark.gpu
+def test_linear_records_into_a_cuda_graph():
+    w = _pruned(512, 1024, torch.float16)
+    weight = cslt.Semi24Weight.from_dense(w)
+    static_x = torch.randn(128, 1024, device="cuda", dtype=torch.float16)
+    weight.linear(static_x)  # builds the plan outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = weight.linear(static_x)
+    fresh = torch.randn_like(static_x)
+    static_x.copy_(fresh)
+    static_y.fill_(float("nan"))
+    graph.replay()
+    assert _relerr(static_y, fresh.double() @ w.double().t()) < 1e-2
+
+
+@pytest.mark.gpu
+def test_cusparselt_pruning_and_its_check():
+    weight = cslt.Semi24Weight.from_dense(torch.randn(256, 512, device="cuda", dtype=torch.float16), prune=True)
+    assert weight.is_24(_pruned(256, 512, torch.float16))
+    assert not weight.is_24(torch.randn(256, 512, device="cuda", dtype=torch.float16))

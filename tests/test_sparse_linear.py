@@ -1,0 +1,137 @@
+"""SparseLinear, swap_linears, the dispatcher and the selectable 2:4 matmul paths (CPU here; GPU where marked)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsity_lab.semi24_matmul import PATHS, check_path, prepare, relative_error, unavailable_reason
+from sparsity_lab.sparse_linear import Decision, Dispatcher, SparseLinear, swap_linears
+
+
+def _groups_are_24(weight: torch.Tensor) -> bool:
+    return bool(((weight.reshape(-1, 4) != 0).sum(1) <= 2).all())
+
+
+def test_sparse_linear_prunes_to_24_and_computes_the_pruned_linear_on_the_cpu():
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64)
+    layer = SparseLinear.from_linear(linear)
+    assert _groups_are_24(layer.weight) and (layer.weight != 0).sum() == 128 * 64 // 2
+    x = torch.randn(3, 5, 128)
+    assert torch.allclose(layer(x), F.linear(x, layer.weight, linear.bias))
+    assert "dense (pruned weight)" in layer.last_reason and "CUDA" in layer.last_reason
+
+
+def test_inputs_that_need_gradients_take_the_dense_path():
+    layer = SparseLinear(torch.randn(64, 64))
+    x = torch.randn(4, 64, requires_grad=True)
+    layer(x).sum().backward()
+    assert "no backward" in layer.last_reason and x.grad is not None and x.grad.shape == (4, 64)
+    with torch.no_grad():
+        layer(x)
+    assert "no backward" not in layer.last_reason
+
+
+def test_pruning_keeps_the_two_largest_of_each_group():
+    weight = torch.tensor([[0.1, -5.0, 3.0, 0.2] * 16] * 64)
+    layer = SparseLinear(weight, backend="cusparselt")
+    assert layer.weight[0, :4].tolist() == [0.0, -5.0, 3.0, 0.0]
+
+
+def test_swap_replaces_linears_it_can_and_says_why_it_kept_others():
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10), nn.Linear(10, 64))
+    reference = [m.weight.detach().clone() for m in model if isinstance(m, nn.Linear)]
+    report = swap_linears(model, skip=lambda name, layer: name == "3")
+    assert isinstance(model[0], SparseLinear) and isinstance(model[2], nn.Linear) and not isinstance(
+        model[2], SparseLinear)
+    assert report["0"].startswith("2:4 SparseLinear") and "not a multiple of 64" in report["2"]
+    assert report["3"] == "kept dense (skipped)"
+    assert _groups_are_24(model[0].weight) and torch.equal(model[2].weight, reference[1])
+    assert model(torch.randn(4, 128)).shape == (4, 64)
+
+
+def test_swap_leaves_sparse_layers_alone():
+    model = nn.Sequential(nn.Linear(128, 128))
+    swap_linears(model)
+    assert swap_linears(model) == {}
+
+
+def test_bad_backend_and_shapes_are_named():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SparseLinear(torch.randn(64, 64), backend="magic")
+    with pytest.raises(ValueError, match="2-D"):
+        SparseLinear(torch.randn(64))
+
+
+def test_cached_decisions_are_reused_without_measuring():
+    dispatcher = Dispatcher()
+    key = (16, 4096, 4096, torch.float16, "cusparselt")
+    dispatcher.decisions[key] = Decision(False, "measured: dense", 0.03, 0.02)
+
+    def fail():
+        raise AssertionError("no measurement expected")
+
+    assert dispatcher.choose(key, fail, fail).sparse is False
+    assert dispatcher.table() == [{"M": "16", "K": "4096", "N": "4096", "dtype": "torch.float16",
+                                   "backend": "cusparselt", "sparse": False, "sparse_ms": 0.03, "dense_ms": 0.02}]
+
+
+def test_paths_on_the_cpu_reference_and_dense_agree_with_float32():
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        w, x, b = torch.randn(64, 128).to(dtype), torch.randn(8, 128).to(dtype), torch.randn(64).to(dtype)
+        assert check_path("reference", w, x, b) < 1e-2
+        assert check_path("dense", w, x, b) < 1e-2
+    w8, x8 = torch.randint(-8, 8, (64, 128), dtype=torch.int8), torch.randint(-8, 8, (8, 128), dtype=torch.int8)
+    assert check_path("reference", w8, x8) == 0.0
+
+
+def test_reference_path_reads_the_packed_cutlass_form():
+    w = torch.randn(64, 128, dtype=torch.float16)
+    layer = prepare(w, "reference")
+    assert layer.values.shape == (64, 64) and layer.meta.shape == (64, 8) and layer.meta.dtype == torch.int16
+    x = torch.randn(2, 3, 128, dtype=torch.float16)
+    assert layer.linear(x).shape == (2, 3, 64)
+
+
+def test_gpu_paths_explain_why_they_cannot_run_here():
+    for path in ("cusparselt", "torch_cslt", "cutlass"):
+        assert "CUDA" in unavailable_reason(path, "cpu")
+        with pytest.raises(RuntimeError, match=f"path '{path}' is unavailable"):
+            prepare(torch.randn(64, 128), path)
+    assert unavailable_reason("reference", "cpu") is None
+    with pytest.raises(ValueError, match="path must be one of"):
+        unavailable_reason("fast", "cpu")
+
+
+def test_relative_error_is_nan_proof():
+    assert relative_error(torch.ones(3), torch.ones(3)) == 0.0
+    assert not relative_error(torch.tensor([float("nan")]), torch.ones(1)) < 1.0
+
+
+# ------------------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", PATHS)
+def test_every_available_path_matches_dense_on_the_gpu(path):
+    w = torch.randn(512, 1024, device="cuda", dtype=torch.float16)
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.float16)
+    b = torch.randn(512, device="cuda", dtype=torch.float16)
+    if unavailable_reason(path, "cuda"):
+        pytest.skip(unavailable_reason(path, "cuda"))
+    assert check_path(path, w, x, b) < 1e-2
+
+
+@pytest.mark.gpu
+def test_swapped_model_matches_its_dense_twin_and_records_decisions():
+    model = nn.Sequential(nn.Linear(1024, 2048), nn.GELU(), nn.Linear(2048, 1024)).cuda().half()
+    dispatcher = Dispatcher()
+    swap_linears(model, dispatcher=dispatcher)
+    x = torch.randn(4, 64, 1024, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        y = model(x)
+        ref = F.linear(F.gelu(F.linear(x, model[0].weight, model[0].bias)), model[2].weight, model[2].bias)
+    assert relative_error(y, ref) < 1e-2
+    assert len(dispatcher.decisions) == 2 and all(d.sparse_ms and d.dense_ms for d in dispatcher.decisions.values())
