@@ -45,15 +45,17 @@ def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def correctness(device: str = "cuda") -> list[dict]:
-    """Check the kernel on awkward shapes in every dtype and block size with fixed tilings (no autotuning)."""
-    from sparsity_lab.kernels.bsr_matmul import bsr_linear
+    """Check both kernel variants on awkward shapes in every dtype and block size with fixed tilings (no
+    autotuning): odd sizes for the pointer variant, 16-byte-aligned rows for the descriptor (TMA) one."""
+    from sparsity_lab.kernels.bsr_matmul import bsr_linear, tma_supported
 
     g = torch.Generator(device=device).manual_seed(1)
     rows = []
-    cases = [(dtype, bs, "tf32") for dtype in DTYPES.values() for bs in (16, 32, 64, 128)]
-    cases.append((torch.float32, 32, "ieee"))
-    for dtype, bs, precision in cases:
-        n_out, n_in, m = 5 * bs + 3, 4 * bs + 5, 333
+    cases = [(v, dtype, bs, "tf32") for v in ("pointer", "tma") for dtype in DTYPES.values()
+             for bs in (16, 32, 64, 128)]
+    cases += [("pointer", torch.float32, 32, "ieee"), ("tma", torch.float32, 32, "ieee")]
+    for variant, dtype, bs, precision in cases:
+        n_out, n_in, m = (5 * bs + 8, 4 * bs + 8, 333) if variant == "tma" else (5 * bs + 3, 4 * bs + 5, 333)
         w = random_block_sparse(n_out, n_in, bs, 0.5, dtype, device, g, empty_rows=1)
         x = torch.randn(m, n_in, device=device, generator=g).to(dtype)
         bias = torch.randn(n_out, device=device, generator=g).to(dtype)
@@ -62,24 +64,25 @@ def correctness(device: str = "cuda") -> list[dict]:
         config = {"BLOCK_M": 64, "BLOCKS_PER_STEP": per_step, "num_warps": 4, "num_stages": 2}
         out = torch.full((m, n_out), float("nan"), device=device, dtype=dtype)
         y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, n_out, bias, config=config,
-                       input_precision=precision, out=out)
+                       input_precision=precision, out=out, variant=variant)
         ref = x.double() @ w.double().T + bias.double()
         err = relative_error(y, ref)
         tol = 1e-5 if precision == "ieee" else TOLERANCE[dtype]
-        rows.append(dict(case="odd shape, bias, empty block-row", dtype=str(dtype), bs=bs, precision=precision,
-                         shape=[m, n_in, n_out], relerr=err, tol=tol, ok=err < tol))
-    for bs in (16, 64):  # all-empty weight: bias only, and zeros without bias
-        x = torch.randn(100, 4 * bs, device=device, dtype=torch.float16)
-        bsr = BlockSparseMatrix.from_dense(torch.zeros(3 * bs, 4 * bs, device=device, dtype=torch.float16), bs)
-        bias = torch.randn(3 * bs, device=device, dtype=torch.float16)
-        for b in (bias, None):
-            out = torch.full((100, 3 * bs), float("nan"), device=device, dtype=torch.float16)
-            y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, 3 * bs, b, out=out,
-                           config={"BLOCK_M": 64, "BLOCKS_PER_STEP": 1, "num_warps": 4, "num_stages": 2})
-            expected = b.expand(100, -1) if b is not None else torch.zeros_like(y)
-            ok = bool(torch.equal(y, expected))
-            rows.append(dict(case=f"all-empty weight, {'bias' if b is not None else 'no bias'}", dtype="torch.float16",
-                             bs=bs, ok=ok))
+        ran = "tma" if variant == "tma" and tma_supported(x, n_out) else "pointer"
+        rows.append(dict(case="odd shape, bias, empty block-row", variant=ran, dtype=str(dtype), bs=bs,
+                         precision=precision, shape=[m, n_in, n_out], relerr=err, tol=tol, ok=err < tol))
+    for variant in ("pointer", "tma"):
+        for bs in (16, 64):  # all-empty weight: bias only, and zeros without bias
+            x = torch.randn(100, 4 * bs, device=device, dtype=torch.float16)
+            bsr = BlockSparseMatrix.from_dense(torch.zeros(3 * bs, 4 * bs, device=device, dtype=torch.float16), bs)
+            bias = torch.randn(3 * bs, device=device, dtype=torch.float16)
+            for b in (bias, None):
+                out = torch.full((100, 3 * bs), float("nan"), device=device, dtype=torch.float16)
+                y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, 3 * bs, b, out=out, variant=variant,
+                               config={"BLOCK_M": 64, "BLOCKS_PER_STEP": 1, "num_warps": 4, "num_stages": 2})
+                expected = b.expand(100, -1) if b is not None else torch.zeros_like(y)
+                rows.append(dict(case=f"all-empty weight, {'bias' if b is not None else 'no bias'}", variant=variant,
+                                 dtype="torch.float16", bs=bs, ok=bool(torch.equal(y, expected))))
     return rows
 
 
@@ -117,13 +120,13 @@ def heatmap(size: int, block_sizes: list[int], sparsities: list[float], dtype: t
         rows.append(row)
         if on_row is not None:
             on_row(rows)
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "autotune"},
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if "autotune" not in k},
               flush=True)
     return rows
 
 
 def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Generator, config: dict | None,
-          bench, bsr_dense_mm) -> dict:
+          bench, bsr_dense_mm, variants: tuple[str, ...] = ("pointer", "tma")) -> dict:
     """One heatmap cell: a fresh random weight, checked and timed three ways."""
     from sparsity_lab.kernels.bsr_matmul import best_config, bsr_linear
 
@@ -136,16 +139,24 @@ def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Gener
     row = dict(bs=bs, sparsity=sp, density=bsr.density, ideal=1 / max(bsr.density, 1e-9))
     row["dense_ms"] = bench(lambda: F.linear(x, w))
 
-    def ours() -> torch.Tensor:
-        return bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, size, config=config)
+    for variant in variants:
+        def ours(variant: str = variant) -> torch.Tensor:
+            return bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, size, config=config, variant=variant)
 
-    y = ours()  # autotunes on first sight of a problem
-    row["relerr"] = relative_error(y, ref)
-    row["ours_ms"] = bench(ours)
+        try:
+            y = ours()  # autotunes on first sight of a problem
+            row[f"{variant}_relerr"] = relative_error(y, ref)
+            row[f"{variant}_ms"] = bench(ours)
+            row[f"{variant}_config"] = config or best_config(size, size, size, bs, x.dtype, bsr.nnz_blocks, variant)
+            if config is None:
+                row[f"{variant}_autotune"] = autotune_log(variant)
+        except Exception as err:  # a variant that does not build on this GPU/Triton is recorded, not fatal
+            row[f"{variant}_error"] = repr(err)[:300]
+    timed = [v for v in variants if f"{v}_ms" in row]
+    best = min(timed, key=lambda v: row[f"{v}_ms"])
+    row.update(variant=best, ours_ms=row[f"{best}_ms"], relerr=max(row[f"{v}_relerr"] for v in timed),
+               config=row[f"{best}_config"])
     row["speedup"] = row["dense_ms"] / row["ours_ms"]
-    row["config"] = config or best_config(size, size, size, bs, x.dtype, bsr.nnz_blocks)
-    if config is None:
-        row["autotune"] = autotune_log()
     row["tflops_effective"] = 2 * size**3 * bsr.density / row["ours_ms"] / 1e9
     if bsr_dense_mm is not None:
         try:
@@ -165,11 +176,33 @@ def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Gener
     return row
 
 
-def autotune_log() -> dict:
-    """The autotuner's per-config timings, where this Triton version keeps them."""
-    from sparsity_lab.kernels.bsr_matmul import _autotuned
+def dispatcher_check(size: int = 8192, dtype: torch.dtype = torch.float16) -> list[dict]:
+    """What BlockSparseLinear(backend="auto") picks for a few token counts and sparsities, with its timings."""
+    from sparsity_lab.block_sparse import BlockSparseLinear, Dispatcher
 
-    timings = getattr(_autotuned, "configs_timings", None) or {}
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(2)
+    for sp in (0.9, 0.5):
+        w = random_block_sparse(size, size, 64, sp, dtype, "cuda", g)
+        dispatcher = Dispatcher()
+        layer = BlockSparseLinear(BlockSparseMatrix.from_dense(w, 64), dispatcher=dispatcher)
+        for tokens in (16, 512, 8192):
+            x = torch.randn(tokens, size, device="cuda", dtype=dtype, generator=g)
+            with torch.no_grad():
+                y = layer(x)
+            ref = x.double() @ w.double().T
+            key = dispatcher.key(layer, x)
+            rows.append(dict(bs=64, sparsity=sp, tokens=tokens, choice=dispatcher.choices[key],
+                             timings_ms=dispatcher.timings[key], relerr=relative_error(y, ref)))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def autotune_log(variant: str = "pointer") -> dict:
+    """The autotuner's per-config timings of its last tuning, where this Triton version keeps them."""
+    from sparsity_lab.kernels.bsr_matmul import _autotuned, _autotuned_tma
+
+    timings = getattr(_autotuned_tma if variant == "tma" else _autotuned, "configs_timings", None) or {}
     return {str(c): (list(t) if isinstance(t, (list, tuple)) else t) for c, t in timings.items()}
 
 
@@ -204,10 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = heatmap(args.size, args.block_sizes, args.sparsities, DTYPES[args.dtype], args.budget, started,
                    torch_bsr=not args.no_torch_bsr, on_row=save)
+    if time.time() - started < args.budget:
+        figures["dispatcher"] = dispatcher_check(args.size, DTYPES[args.dtype])
     save(rows)
-    print(f"{'bs':>4} {'sparsity':>8} {'dense ms':>9} {'ours ms':>8} {'speedup':>8} {'torch x':>8} {'relerr':>8}")
+    print(f"{'bs':>4} {'sparsity':>8} {'dense ms':>9} {'ours ms':>8} {'variant':>8} {'speedup':>8} {'torch x':>8} "
+          f"{'relerr':>8}")
     for r in rows:
-        print(f"{r['bs']:>4} {r['sparsity']:>8.2f} {r['dense_ms']:>9.3f} {r['ours_ms']:>8.3f} {r['speedup']:>8.2f} "
+        print(f"{r['bs']:>4} {r['sparsity']:>8.2f} {r['dense_ms']:>9.3f} {r['ours_ms']:>8.3f} {r['variant']:>8} "
+              f"{r['speedup']:>8.2f} "
               f"{r.get('torch_speedup', float('nan')):>8.2f} {r['relerr']:>8.1e}"
               + (f"  target {r['target']}x {'MET' if r['target_met'] else 'MISSED'}" if "target" in r else ""))
     print("wrote", Path(args.out).resolve(), f"in {time.time() - started:.0f} s")

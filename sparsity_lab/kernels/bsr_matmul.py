@@ -28,6 +28,7 @@ import triton.language as tl
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
+DEFAULT_VARIANT = "auto"
 
 
 @triton.jit
@@ -97,7 +98,64 @@ def _bsr_linear_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _configs() -> list[triton.Config]:
+@triton.jit
+def _bsr_linear_tma_kernel(
+    x_desc, y_desc, w_desc, bias_ptr, crow_ptr, col_ptr,
+    M, N, K, M_BUCKET, NNZ_BUCKET,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, WIDEN: tl.constexpr = False,
+):
+    """The same product with x tiles, blocks and y tiles moved by tensor descriptors (TMA on Hopper), which
+    zero-fill reads and clip writes outside the matrices: no masks."""
+    pid = tl.program_id(0)
+    n_tiles_m = tl.cdiv(M, BLOCK_M)
+    n_rows = tl.num_programs(0) // n_tiles_m
+    per_group = GROUP_M * n_rows
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(n_tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    row = (pid % per_group) // group_m
+    start = tl.load(crow_ptr + row)
+    end = tl.load(crow_ptr + row + 1)
+    m0 = pid_m * BLOCK_M
+
+    acc = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
+    full_end = start + (end - start) // BLOCKS_PER_STEP * BLOCKS_PER_STEP
+    for i in range(start, full_end, BLOCKS_PER_STEP):
+        for g in tl.static_range(BLOCKS_PER_STEP):
+            acc = _tma_block_product(acc, x_desc, w_desc, col_ptr, i + g, m0, BS, INPUT_PRECISION, WIDEN)
+    if BLOCKS_PER_STEP > 1:
+        for i in range(full_end, end):
+            acc = _tma_block_product(acc, x_desc, w_desc, col_ptr, i, m0, BS, INPUT_PRECISION, WIDEN)
+    if HAS_BIAS:
+        offs_n = row * BS + tl.arange(0, BS)
+        bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)
+        acc = acc + bias[None, :].to(tl.float32)
+    y_desc.store([m0, row * BS], acc.to(y_desc.dtype))
+
+
+@triton.jit
+def _tma_block_product(acc, x_desc, w_desc, col_ptr, idx, m0, BS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                       WIDEN: tl.constexpr):
+    """acc += x[m tile, slab of block idx] @ block[idx]^T, both tiles fetched by descriptor."""
+    col = tl.load(col_ptr + idx)
+    x = x_desc.load([m0, col * BS])
+    w = w_desc.load([idx * BS, 0])
+    if WIDEN:
+        x = x.to(tl.float32)
+        w = w.to(tl.float32)
+    return tl.dot(x, w.T, acc, input_precision=INPUT_PRECISION)
+
+
+def _set_tma_block_shapes(nargs: dict) -> None:
+    """Autotuner pre-hook: the descriptors' tile shapes follow the config's BLOCK_M and the block size."""
+    bs, block_m = nargs["BS"], nargs["BLOCK_M"]
+    nargs["x_desc"].block_shape = [block_m, bs]
+    nargs["y_desc"].block_shape = [block_m, bs]
+    nargs["w_desc"].block_shape = [bs, bs]
+
+
+def _configs(pre_hook=None) -> list[triton.Config]:
     """Candidate tilings: token tile, blocks per loop step, warps and pipeline depth."""
     configs = []
     for block_m in (64, 128, 256):
@@ -105,13 +163,13 @@ def _configs() -> list[triton.Config]:
             for warps in (4, 8):
                 for stages in (2, 3, 4):
                     configs.append(triton.Config({"BLOCK_M": block_m, "BLOCKS_PER_STEP": per_step, "GROUP_M": 8},
-                                                 num_warps=warps, num_stages=stages))
+                                                 num_warps=warps, num_stages=stages, pre_hook=pre_hook))
     return configs
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep the tilings that fit this block size: a loop step of 64..128 input features (one block from 64 up),
-    8 warps for accumulator tiles of 8192+ entries (4 below), shared memory within 200 KB."""
+    4 warps for accumulator tiles up to 8192 entries and 8 from 8192 up, shared memory within 200 KB."""
     bs = kwargs.get("BS", named_args.get("BS"))
     kept = []
     for c in configs:
@@ -119,7 +177,8 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
         step = per_step * bs
         if step > 128 or (bs >= 64 and per_step > 1) or (bs < 64 and step < 64):
             continue
-        if c.num_warps != (8 if block_m * bs >= 8192 else 4):
+        acc_entries = block_m * bs
+        if (c.num_warps == 8 and acc_entries < 8192) or (c.num_warps == 4 and acc_entries > 8192):
             continue
         if (block_m + bs) * step * 2 * c.num_stages > 200 * 1024 or (c.num_stages == 4 and step >= 128):
             continue
@@ -132,6 +191,12 @@ _autotuned = triton.autotune(
     key=["M_BUCKET", "NNZ_BUCKET", "N", "K", "BS"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_bsr_linear_kernel)
+
+_autotuned_tma = triton.autotune(
+    configs=_configs(pre_hook=_set_tma_block_shapes),
+    key=["M_BUCKET", "NNZ_BUCKET", "N", "K", "BS"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_bsr_linear_tma_kernel)
 
 
 def interpreted() -> bool:
@@ -154,7 +219,6 @@ def check_operands(x: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
     if blocks.dtype != x.dtype:
         raise TypeError(f"blocks have dtype {blocks.dtype} but x has {x.dtype}; convert one of them")
     n_block_rows = -(-out_features // bs)
-    n_block_cols = -(-x.shape[1] // bs)
     if crow_indices.shape != (n_block_rows + 1,):
         raise ValueError(f"crow_indices must have {n_block_rows + 1} entries for {out_features} outputs in blocks "
                          f"of {bs}, got shape {tuple(crow_indices.shape)}")
@@ -165,9 +229,6 @@ def check_operands(x: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
     for name, t in (("crow_indices", crow_indices), ("col_indices", col_indices)):
         if t.dtype != torch.int32:
             raise TypeError(f"{name} must be int32, got {t.dtype}")
-    if col_indices.numel() and int(col_indices.max()) >= n_block_cols:
-        raise ValueError(f"col_indices reach block column {int(col_indices.max())} but x has only {n_block_cols} "
-                         f"block columns of {bs} ({x.shape[1]} features)")
     tensors = {"x": x, "crow_indices": crow_indices, "col_indices": col_indices, "blocks": blocks}
     if bias is not None:
         if bias.shape != (out_features,):
@@ -177,6 +238,19 @@ def check_operands(x: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
     if len(set(devices.values())) != 1:
         raise ValueError(f"all operands must be on one device, got {devices}")
     return bs
+
+
+def tma_supported(x: torch.Tensor, out_features: int) -> bool:
+    """Whether the tensor-descriptor variant can run: a Hopper-or-newer GPU (or the interpreter), a Triton with
+    host tensor descriptors, and rows of x and y whose byte strides are multiples of 16."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    if not interpreted() and (x.device.type != "cuda" or torch.cuda.get_device_capability(x.device)[0] < 9):
+        return False
+    size = x.element_size()
+    return x.stride(1) == 1 and (x.stride(0) * size) % 16 == 0 and (out_features * size) % 16 == 0
 
 
 def bsr_linear(
@@ -189,17 +263,23 @@ def bsr_linear(
     config: dict | None = None,
     input_precision: str = "tf32",
     out: torch.Tensor | None = None,
+    variant: str = DEFAULT_VARIANT,
 ) -> torch.Tensor:
     """`x @ W^T (+ bias)` for a BSR weight W of `out_features` rows, through the Triton kernel.
 
-    `config` ({"BLOCK_M", "BLOCKS_PER_STEP", "num_warps", "num_stages", optional "GROUP_M"}) skips the autotuner (tests, the CPU
-    interpreter); without it the tiling is autotuned per (token-count bucket, N, K, block size, dtype).
-    `input_precision` only matters for float32 inputs: "tf32" (default, tensor cores) or "ieee".
+    `variant` is "tma" (tiles moved by tensor descriptors; used where `tma_supported`, else falls back),
+    "pointer" (plain masked loads, any GPU) or "auto" (= "tma" where supported). `config`
+    ({"BLOCK_M", "BLOCKS_PER_STEP", "num_warps", "num_stages", optional "GROUP_M"}) skips the autotuner (tests,
+    the CPU interpreter); without it the tiling is autotuned per (token-count bucket, blocks-per-row bucket, N, K,
+    block size, dtype). `input_precision` only matters for float32 inputs: "tf32" (default) or "ieee".
     `out`, when given, is a (M, out_features) tensor of x's dtype and device that receives the result.
+    Column indices are trusted (BlockSparseMatrix checks them when built): checking here would cost a GPU sync.
     """
     bs = check_operands(x, crow_indices, col_indices, blocks, out_features, bias)
     if input_precision not in ("tf32", "ieee"):
         raise ValueError(f"input_precision must be 'tf32' or 'ieee', got {input_precision!r}")
+    if variant not in ("auto", "tma", "pointer"):
+        raise ValueError(f"variant must be 'auto', 'tma' or 'pointer', got {variant!r}")
     M, K = x.shape
     precision = input_precision if x.dtype == torch.float32 else "ieee"
     if out is None:
@@ -214,20 +294,30 @@ def bsr_linear(
     blocks = blocks.contiguous()
     n_block_rows = crow_indices.numel() - 1
     buckets = (triton.next_power_of_2(M), _nnz_bucket(col_indices.numel(), n_block_rows))
-    args = (x, y, bias if bias is not None else blocks, crow_indices, col_indices, blocks, M, out_features, K,
-            *buckets, x.stride(0), x.stride(1), y.stride(0), y.stride(1))
+    bias_arg = bias if bias is not None else blocks
     # Triton's CPU interpreter multiplies bf16 bit patterns as integers in tl.dot; widen them there (exact products).
-    widen = x.dtype == torch.bfloat16 and interpreted()
-    flags = dict(BS=bs, HAS_BIAS=bias is not None, EVEN_K=K % bs == 0, INPUT_PRECISION=precision, WIDEN=widen)
-    if config is None:
-        grid = lambda meta: (n_block_rows * triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
-        _autotuned[grid](*args, **flags)
+    flags = dict(BS=bs, HAS_BIAS=bias is not None, INPUT_PRECISION=precision,
+                 WIDEN=x.dtype == torch.bfloat16 and interpreted())
+    launch, grid = {}, lambda meta: (n_block_rows * triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
+    if config is not None:
+        launch = dict(config)
+        launch.setdefault("GROUP_M", 8)
+    use_tma = variant in ("auto", "tma") and tma_supported(x, out_features) and y.is_contiguous()
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        block_m = launch.get("BLOCK_M", 64)
+        stored = blocks if blocks.shape[0] else torch.zeros(1, bs, bs, dtype=blocks.dtype, device=blocks.device)
+        descs = (TensorDescriptor.from_tensor(x, [block_m, bs]), TensorDescriptor.from_tensor(y, [block_m, bs]),
+                 TensorDescriptor.from_tensor(stored.view(-1, bs), [bs, bs]))
+        args = (*descs, bias_arg, crow_indices, col_indices, M, out_features, K, *buckets)
+        kernel = _bsr_linear_tma_kernel if config is not None else _autotuned_tma
     else:
-        config = dict(config)
-        launch = {k: config.pop(k) for k in ("num_warps", "num_stages") if k in config}
-        config.setdefault("GROUP_M", 8)
-        grid = (n_block_rows * triton.cdiv(M, config["BLOCK_M"]),)
-        _bsr_linear_kernel[grid](*args, **flags, **config, **launch)
+        args = (x, y, bias_arg, crow_indices, col_indices, blocks, M, out_features, K, *buckets,
+                x.stride(0), x.stride(1), y.stride(0), y.stride(1))
+        flags["EVEN_K"] = K % bs == 0
+        kernel = _bsr_linear_kernel if config is not None else _autotuned
+    kernel[grid](*args, **flags, **launch)
     return y
 
 
@@ -237,12 +327,13 @@ def _nnz_bucket(nnz_blocks: int, n_block_rows: int) -> int:
 
 
 def best_config(M: int, out_features: int, in_features: int, block_size: int, dtype: torch.dtype,
-                nnz_blocks: int) -> dict | None:
-    """The tiling the autotuner chose for this problem, once it has run (None before)."""
+                nnz_blocks: int, variant: str = "pointer") -> dict | None:
+    """The tiling the autotuner chose for this problem and variant ("pointer" or "tma"), once it ran (else None)."""
     n_block_rows = -(-out_features // block_size)
     key_prefix = (triton.next_power_of_2(M), _nnz_bucket(nnz_blocks, n_block_rows), out_features, in_features,
                   block_size)
-    for key, cfg in _autotuned.cache.items():
+    tuner = _autotuned_tma if variant == "tma" else _autotuned
+    for key, cfg in tuner.cache.items():
         if tuple(key[:5]) == key_prefix and str(dtype) in map(str, key):
             return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     return None
