@@ -97,7 +97,7 @@ class BlockSparseMatrix:
         """As a `torch.sparse_bsr` tensor over the padded shape (whole blocks)."""
         n_r, n_c = _blocks_per_side(self.shape, self.block_size, pad=True)
         return torch.sparse_bsr_tensor(self.crow_indices, self.col_indices, self.values,
-                                       size=(n_r * self.block_size, n_c * self.block_size))
+                                       size=(n_r * self.block_size, n_c * self.block_size), check_invariants=True)
 
     def to_dense(self) -> torch.Tensor:
         """The dense (rows, cols) matrix."""
@@ -127,21 +127,25 @@ class BlockSparseMatrix:
 
     def matmul_t(self, x: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "triton",
                  config: dict | None = None) -> torch.Tensor:
-        """`x @ self^T (+ bias)`, the Linear product: by the Triton kernel ("triton") or a dense matmul ("dense")."""
+        """`x @ self^T (+ bias)`, the Linear product: by the Triton kernel ("triton", "tma", "pointer") or a dense
+        matmul ("dense")."""
         if backend == "dense":
             return F.linear(x, self.to_dense().to(x.dtype), bias)
-        if backend != "triton":
-            raise ValueError(f"backend must be 'triton' or 'dense', got {backend!r}")
-        from sparsity_lab.kernels.bsr_matmul import bsr_linear
+        if backend not in ("triton", "tma", "pointer"):
+            raise ValueError(f"backend must be 'triton', 'tma', 'pointer' or 'dense', got {backend!r}")
+        from sparsity_lab.kernels.bsr_matmul import DEFAULT_VARIANT, bsr_linear
 
-        return bsr_linear(x, self.crow_indices, self.col_indices, self.values, self.shape[0], bias, config=config)
+        variant = DEFAULT_VARIANT if backend == "triton" else backend
+        return bsr_linear(x, self.crow_indices, self.col_indices, self.values, self.shape[0], bias, config=config,
+                          variant=variant)
 
 
 class Dispatcher:
-    """Chooses, per problem, between the Triton kernel and dense cuBLAS by timing both once on the GPU.
+    """Chooses, per problem, among the Triton kernel's two variants ("tma", "pointer") and dense cuBLAS by timing
+    each once on the GPU (after the kernel's own autotuning).
 
     The key is (device, dtype, tokens rounded up to a power of two, out, in, block size, stored blocks);
-    choices are cached, so each distinct problem is timed once. On the CPU the answer is always dense
+    choices are cached, so each distinct problem is timed once. On the CPU the answer is always "dense"
     (the kernel needs a GPU; Triton's interpreter is for testing).
     """
 
@@ -149,6 +153,7 @@ class Dispatcher:
         self.repeats = repeats
         self.choices: dict[tuple, str] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
+        self.errors: dict[tuple, str] = {}
 
     def key(self, layer: BlockSparseLinear, x: torch.Tensor) -> tuple:
         tokens = 1 << max(x.shape[0] - 1, 0).bit_length()
@@ -169,13 +174,21 @@ class Dispatcher:
         return sorted(times)[len(times) // 2]
 
     def choose(self, layer: BlockSparseLinear, x: torch.Tensor) -> str:
-        """'triton' or 'dense' for this layer and this 2-D input."""
+        """'tma', 'pointer' or 'dense' for this layer and this 2-D input."""
         if x.device.type != "cuda" or not triton_available():
             return "dense"
         key = self.key(layer, x)
         if key not in self.choices:
+            from sparsity_lab.kernels.bsr_matmul import tma_supported
+
+            candidates = ["pointer", "dense"] + (["tma"] if tma_supported(x, layer.out_features) else [])
+            timings = {}
             with torch.no_grad():
-                timings = {b: self._time(lambda b=b: layer.run(x, b)) for b in ("triton", "dense")}
+                for backend in candidates:
+                    try:
+                        timings[backend] = self._time(lambda b=backend: layer.run(x, b))
+                    except Exception as err:  # a variant that cannot build here is skipped, and remembered
+                        self.errors[key, backend] = repr(err)
             self.timings[key] = timings
             self.choices[key] = min(timings, key=timings.get)
         return self.choices[key]
@@ -193,8 +206,13 @@ def triton_available() -> bool:
     return True
 
 
+BACKENDS = ("auto", "triton", "tma", "pointer", "dense")
+
+
 class BlockSparseLinear(nn.Module):
-    """A Linear layer whose weight is stored block-sparse; `backend` is "auto" (dispatcher), "triton" or "dense".
+    """A Linear layer whose weight is stored block-sparse. `backend`: "auto" (the dispatcher times the kernel's
+    variants against dense once per problem and keeps the fastest), "triton" (the kernel, its default variant),
+    "tma" / "pointer" (one variant) or "dense" (F.linear on the rebuilt dense weight).
 
     Made for inference: the stored blocks are buffers, not parameters. With gradients enabled and an input that
     requires them, the dense path runs so autograd reaches `x` (and the bias).
@@ -203,8 +221,8 @@ class BlockSparseLinear(nn.Module):
     def __init__(self, weight: BlockSparseMatrix, bias: torch.Tensor | None = None, backend: str = "auto",
                  dispatcher: Dispatcher | None = None) -> None:
         super().__init__()
-        if backend not in ("auto", "triton", "dense"):
-            raise ValueError(f"backend must be 'auto', 'triton' or 'dense', got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.out_features, self.in_features = weight.shape
         self.block_size = weight.block_size
         self.backend = backend
@@ -247,10 +265,13 @@ class BlockSparseLinear(nn.Module):
         bias = self.bias.to(x2d.dtype) if self.bias is not None else None
         if backend == "dense":
             return F.linear(x2d, self.dense_weight().to(x2d.dtype), bias)
-        from sparsity_lab.kernels.bsr_matmul import bsr_linear
+        if backend not in ("triton", "tma", "pointer"):
+            raise ValueError(f"backend must be 'triton', 'tma', 'pointer' or 'dense', got {backend!r}")
+        from sparsity_lab.kernels.bsr_matmul import DEFAULT_VARIANT, bsr_linear
 
+        variant = DEFAULT_VARIANT if backend == "triton" else backend
         return bsr_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x2d.dtype), self.out_features,
-                          bias)
+                          bias, variant=variant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -63,14 +63,19 @@ def correctness(device: str = "cuda") -> list[dict]:
         per_step = max(1, 64 // bs)
         config = {"BLOCK_M": 64, "BLOCKS_PER_STEP": per_step, "num_warps": 4, "num_stages": 2}
         out = torch.full((m, n_out), float("nan"), device=device, dtype=dtype)
-        y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, n_out, bias, config=config,
-                       input_precision=precision, out=out, variant=variant)
+        ran = "tma" if variant == "tma" and tma_supported(x, n_out) else "pointer"
+        row = dict(case="odd shape, bias, empty block-row", variant=ran, dtype=str(dtype), bs=bs,
+                   precision=precision, shape=[m, n_in, n_out])
+        try:
+            y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, n_out, bias, config=config,
+                           input_precision=precision, out=out, variant=variant)
+        except Exception as err:  # recorded (a variant that does not build here), counted as a failure
+            rows.append(dict(row, error=repr(err)[:300], ok=False))
+            continue
         ref = x.double() @ w.double().T + bias.double()
         err = relative_error(y, ref)
         tol = 1e-5 if precision == "ieee" else TOLERANCE[dtype]
-        ran = "tma" if variant == "tma" and tma_supported(x, n_out) else "pointer"
-        rows.append(dict(case="odd shape, bias, empty block-row", variant=ran, dtype=str(dtype), bs=bs,
-                         precision=precision, shape=[m, n_in, n_out], relerr=err, tol=tol, ok=err < tol))
+        rows.append(dict(row, relerr=err, tol=tol, ok=err < tol))
     for variant in ("pointer", "tma"):
         for bs in (16, 64):  # all-empty weight: bias only, and zeros without bias
             x = torch.randn(100, 4 * bs, device=device, dtype=torch.float16)
@@ -78,11 +83,17 @@ def correctness(device: str = "cuda") -> list[dict]:
             bias = torch.randn(3 * bs, device=device, dtype=torch.float16)
             for b in (bias, None):
                 out = torch.full((100, 3 * bs), float("nan"), device=device, dtype=torch.float16)
-                y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, 3 * bs, b, out=out, variant=variant,
-                               config={"BLOCK_M": 64, "BLOCKS_PER_STEP": 1, "num_warps": 4, "num_stages": 2})
+                row = dict(case=f"all-empty weight, {'bias' if b is not None else 'no bias'}", variant=variant,
+                           dtype="torch.float16", bs=bs)
+                try:
+                    y = bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, 3 * bs, b, out=out,
+                                   variant=variant,
+                                   config={"BLOCK_M": 64, "BLOCKS_PER_STEP": 1, "num_warps": 4, "num_stages": 2})
+                except Exception as err:
+                    rows.append(dict(row, error=repr(err)[:300], ok=False))
+                    continue
                 expected = b.expand(100, -1) if b is not None else torch.zeros_like(y)
-                rows.append(dict(case=f"all-empty weight, {'bias' if b is not None else 'no bias'}", variant=variant,
-                                 dtype="torch.float16", bs=bs, ok=bool(torch.equal(y, expected))))
+                rows.append(dict(row, ok=bool(torch.equal(y, expected))))
     return rows
 
 
@@ -153,6 +164,8 @@ def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Gener
         except Exception as err:  # a variant that does not build on this GPU/Triton is recorded, not fatal
             row[f"{variant}_error"] = repr(err)[:300]
     timed = [v for v in variants if f"{v}_ms" in row]
+    if not timed:
+        raise RuntimeError(f"no kernel variant ran for bs={bs} sparsity={sp}: {row}")
     best = min(timed, key=lambda v: row[f"{v}_ms"])
     row.update(variant=best, ours_ms=row[f"{best}_ms"], relerr=max(row[f"{v}_relerr"] for v in timed),
                config=row[f"{best}_config"])
