@@ -155,13 +155,13 @@ def _set_tma_block_shapes(nargs: dict) -> None:
     nargs["w_desc"].block_shape = [bs, bs]
 
 
-def _configs(pre_hook=None) -> list[triton.Config]:
+def _configs(pre_hook=None, stages_options: tuple[int, ...] = (2, 3, 4)) -> list[triton.Config]:
     """Candidate tilings: token tile, blocks per loop step, warps and pipeline depth."""
     configs = []
     for block_m in (64, 128, 256):
         for per_step in (1, 2, 4):
             for warps in (4, 8):
-                for stages in (2, 3, 4):
+                for stages in stages_options:
                     configs.append(triton.Config({"BLOCK_M": block_m, "BLOCKS_PER_STEP": per_step, "GROUP_M": 8},
                                                  num_warps=warps, num_stages=stages, pre_hook=pre_hook))
     return configs
@@ -180,7 +180,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
         acc_entries = block_m * bs
         if (c.num_warps == 8 and acc_entries < 8192) or (c.num_warps == 4 and acc_entries > 8192):
             continue
-        if (block_m + bs) * step * 2 * c.num_stages > 200 * 1024 or (c.num_stages == 4 and step >= 128):
+        if (block_m + bs) * step * 2 * c.num_stages > 200 * 1024 or (c.num_stages >= 4 and step >= 128):
             continue
         kept.append(c)
     return kept
@@ -193,7 +193,7 @@ _autotuned = triton.autotune(
 )(_bsr_linear_kernel)
 
 _autotuned_tma = triton.autotune(
-    configs=_configs(pre_hook=_set_tma_block_shapes),
+    configs=_configs(pre_hook=_set_tma_block_shapes, stages_options=(2, 3, 4, 5)),
     key=["M_BUCKET", "NNZ_BUCKET", "N", "K", "BS"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_bsr_linear_tma_kernel)
