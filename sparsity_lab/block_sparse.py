@@ -161,17 +161,20 @@ class Dispatcher:
                 layer.nnz_blocks)
 
     def _time(self, fn) -> float:
+        """Milliseconds per call: `repeats` calls back to back between two events (as a model runs them, so
+        host-side launch work overlaps the GPU's), median of three such rounds, after two warm-up calls."""
         for _ in range(2):
             fn()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(self.repeats):
+        rounds = []
+        for _ in range(3):
             start.record()
-            fn()
+            for _ in range(self.repeats):
+                fn()
             stop.record()
             stop.synchronize()
-            times.append(start.elapsed_time(stop))
-        return sorted(times)[len(times) // 2]
+            rounds.append(start.elapsed_time(stop) / self.repeats)
+        return sorted(rounds)[1]
 
     def choose(self, layer: BlockSparseLinear, x: torch.Tensor) -> str:
         """'tma', 'pointer' or 'dense' for this layer and this 2-D input."""

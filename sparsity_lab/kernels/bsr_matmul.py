@@ -268,7 +268,8 @@ def bsr_linear(
     """`x @ W^T (+ bias)` for a BSR weight W of `out_features` rows, through the Triton kernel.
 
     `variant` is "tma" (tiles moved by tensor descriptors; used where `tma_supported`, else falls back),
-    "pointer" (plain masked loads, any GPU) or "auto" (= "tma" where supported). `config`
+    "pointer" (plain masked loads, any GPU) or "auto": "tma" for blocks of 64 and 128, "pointer" for 16 and 32,
+    the faster one in most cells of the recorded H100 heatmap (`sparsity_lab/recorded/block_sparse_gpu.json`). `config`
     ({"BLOCK_M", "BLOCKS_PER_STEP", "num_warps", "num_stages", optional "GROUP_M"}) skips the autotuner (tests,
     the CPU interpreter); without it the tiling is autotuned per (token-count bucket, blocks-per-row bucket, N, K,
     block size, dtype). `input_precision` only matters for float32 inputs: "tf32" (default) or "ieee".
@@ -302,7 +303,8 @@ def bsr_linear(
     if config is not None:
         launch = dict(config)
         launch.setdefault("GROUP_M", 8)
-    use_tma = variant in ("auto", "tma") and tma_supported(x, out_features) and y.is_contiguous()
+    wants_tma = variant == "tma" or (variant == "auto" and bs >= 64)
+    use_tma = wants_tma and tma_supported(x, out_features) and y.is_contiguous()
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
