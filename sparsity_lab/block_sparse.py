@@ -11,6 +11,7 @@ Weights whose sides are not multiples of the block size are zero-padded up to wh
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -96,8 +97,10 @@ class BlockSparseMatrix:
     def to_torch(self) -> torch.Tensor:
         """As a `torch.sparse_bsr` tensor over the padded shape (whole blocks)."""
         n_r, n_c = _blocks_per_side(self.shape, self.block_size, pad=True)
-        return torch.sparse_bsr_tensor(self.crow_indices, self.col_indices, self.values,
-                                       size=(n_r * self.block_size, n_c * self.block_size), check_invariants=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse BSR tensor support is in beta")
+            return torch.sparse_bsr_tensor(self.crow_indices, self.col_indices, self.values,
+                                           size=(n_r * self.block_size, n_c * self.block_size), check_invariants=True)
 
     def to_dense(self) -> torch.Tensor:
         """The dense (rows, cols) matrix."""
@@ -161,20 +164,19 @@ class Dispatcher:
                 layer.nnz_blocks)
 
     def _time(self, fn) -> float:
-        """Milliseconds per call: `repeats` calls back to back between two events (as a model runs them, so
-        host-side launch work overlaps the GPU's), median of three such rounds, after two warm-up calls."""
+        """Median milliseconds of one call, timed call by call after two warm-up calls (so the host-side launch
+        work a call costs in an eager model is counted, as it is where the GPU waits on the host)."""
         for _ in range(2):
             fn()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        rounds = []
-        for _ in range(3):
+        times = []
+        for _ in range(self.repeats):
             start.record()
-            for _ in range(self.repeats):
-                fn()
+            fn()
             stop.record()
             stop.synchronize()
-            rounds.append(start.elapsed_time(stop) / self.repeats)
-        return sorted(rounds)[1]
+            times.append(start.elapsed_time(stop))
+        return sorted(times)[len(times) // 2]
 
     def choose(self, layer: BlockSparseLinear, x: torch.Tensor) -> str:
         """'tma', 'pointer' or 'dense' for this layer and this 2-D input."""

@@ -103,3 +103,27 @@ def test_accuracy_vs_block_size_rows():
     assert isinstance(model.net[1], nn.Linear) and not hasattr(model.net[1], "parametrizations"), "model untouched"
     with pytest.raises(ValueError, match="methods must be"):
         bp.accuracy_vs_block_size(model, data, [8], 0.5, methods=("random",))
+
+
+def test_accuracy_plot_carries_the_rows():
+    from sparsity_lab.plots import block as plots
+
+    rows = [dict(method="l2", block_size=bs, accuracy=0.5, finetuned_accuracy=0.9 - bs / 100) for bs in (1, 4, 16)]
+    fig = plots.accuracy_vs_block_size(rows)
+    finetuned, one_shot = fig.data
+    assert list(finetuned.x) == [1, 4, 16] and list(finetuned.y) == pytest.approx([89.0, 86.0, 74.0])
+    assert list(one_shot.y) == pytest.approx([50.0] * 3)
+
+
+def test_explorer_reacts_to_its_controls():
+    from sparsity_lab.widgets.block import block_pruning_explorer
+
+    torch.manual_seed(0)
+    data = load_digits()
+    model = DigitsMLP(hidden=32)
+    fit(model, data, epochs=2, lr=1e-2, progress=False)
+    box = block_pruning_explorer(model, data, layer="net.3", block_sizes=(1, 8))
+    (size, sparsity), status, heatmap = box.children[0].children, box.children[1], box.children[2]
+    size.value, sparsity.value = 8, 0.5
+    assert "8x8" in status.value and "50%" in status.value
+    assert heatmap.data[0].z.mean() == pytest.approx(0.5)

@@ -141,3 +141,31 @@ def test_dispatcher_picks_a_backend_and_outputs_agree_on_gpu():
     assert dispatcher.choices[key] in ("tma", "pointer", "dense")
     ref = x.double() @ w.double().T
     assert float((y.double() - ref).norm() / ref.norm()) < 2e-3
+
+
+def test_heatmap_plot_and_curves_from_recorded_results():
+    from sparsity_lab.plots import block as plots
+    from sparsity_lab.results import load_results
+
+    rows = load_results("block_sparse_gpu").figures["heatmap"]
+    fig = plots.speedup_heatmap(rows)
+    heat = fig.data[0]
+    assert list(heat.y) == ["16", "32", "64", "128"] and "90%" in list(heat.x)
+    row = next(r for r in rows if r["bs"] == 64 and r["sparsity"] == 0.9)
+    assert heat.z[2][list(heat.x).index("90%")] == pytest.approx(row["speedup"])
+    curves = plots.speedup_curves(rows)
+    assert curves.data[-1].name == "ideal 1/density"
+    assert len(curves.data) == 2 * 4 + 1
+
+
+def test_recorded_results_hold_checked_numbers():
+    """The shipped GPU file: every correctness case passed, every cell agrees with its reference."""
+    from sparsity_lab.results import load_results
+
+    res = load_results("block_sparse_gpu")
+    figures = res.figures
+    assert "H100" in res.environment["device"]
+    assert figures["correctness"] and all(r["ok"] for r in figures["correctness"])
+    assert {(r["bs"], r["sparsity"]) for r in figures["heatmap"]} >= {(64, 0.9), (32, 0.9), (64, 0.5)}
+    for r in figures["heatmap"]:
+        assert r["relerr"] < 2e-3 and r["speedup"] == pytest.approx(r["dense_ms"] / r["ours_ms"])
