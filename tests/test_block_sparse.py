@@ -1,0 +1,171 @@
+"""BlockSparseMatrix storage, BlockSparseLinear, the model swap and the dispatcher (CPU paths; GPU ones marked)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from sparsity_lab.block_sparse import (
+    BlockSparseLinear,
+    BlockSparseMatrix,
+    Dispatcher,
+    block_view,
+    swap_block_sparse,
+)
+
+
+def block_sparse_weight(rows: int, cols: int, bs: int, density: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(-(-rows // bs), -(-cols // bs), generator=g) < density
+    mask = keep.repeat_interleave(bs, 0).repeat_interleave(bs, 1)[:rows, :cols]
+    return torch.randn(rows, cols, generator=g) * mask
+
+
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), bs=st.sampled_from([1, 2, 4, 8, 16]),
+       density=st.floats(0.0, 1.0), seed=st.integers(0, 10**6))
+def test_round_trip_with_padding_is_exact(rows, cols, bs, density, seed):
+    w = block_sparse_weight(rows, cols, bs, density, seed)
+    bsr = BlockSparseMatrix.from_dense(w, bs, pad=True)
+    assert torch.equal(bsr.to_dense(), w)
+    kept = (block_view(w, bs, pad=True) != 0).flatten(2).any(-1)
+    assert bsr.nnz_blocks == int(kept.sum())
+    assert bsr.density == pytest.approx(kept.float().mean().item())
+    assert bsr.crow_indices.dtype == bsr.col_indices.dtype == torch.int32
+
+
+def test_layout_is_block_rows_with_ascending_columns():
+    w = torch.zeros(4, 6)
+    w[0:2, 4:6] = 1.0
+    w[0:2, 0:2] = 2.0
+    w[2:4, 2:4] = 3.0
+    bsr = BlockSparseMatrix.from_dense(w, 2)
+    assert bsr.crow_indices.tolist() == [0, 2, 3]
+    assert bsr.col_indices.tolist() == [0, 2, 1]
+    assert bsr.values[:, 0, 0].tolist() == [2.0, 1.0, 3.0]
+
+
+def test_shape_not_a_multiple_of_the_block_is_refused_without_padding():
+    with pytest.raises(ValueError, match=r"not a multiple of block_size 4 in dim 1 .*pad=True"):
+        BlockSparseMatrix.from_dense(torch.randn(8, 10), 4)
+
+
+def test_block_mask_keeps_exactly_the_chosen_blocks_even_if_zero():
+    w = torch.zeros(4, 4)
+    mask = torch.tensor([[True, False], [False, False]])
+    bsr = BlockSparseMatrix.from_dense(w, 2, block_mask=mask)
+    assert bsr.nnz_blocks == 1 and bsr.col_indices.tolist() == [0]
+    with pytest.raises(ValueError, match="block_mask has shape"):
+        BlockSparseMatrix.from_dense(w, 2, block_mask=torch.ones(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta")
+def test_interoperates_with_torch_sparse_bsr():
+    w = block_sparse_weight(32, 48, 8, 0.4)
+    ours = BlockSparseMatrix.from_dense(w, 8)
+    theirs = w.to_sparse_bsr((8, 8))
+    assert torch.equal(ours.to_torch().to_dense(), w)
+    back = BlockSparseMatrix.from_torch(theirs)
+    assert torch.equal(back.to_dense(), w)
+    assert back.nnz_blocks == theirs.values().shape[0]
+
+
+def test_inconsistent_arrays_are_refused():
+    bsr = BlockSparseMatrix.from_dense(block_sparse_weight(8, 8, 4, 1.0), 4)
+    with pytest.raises(ValueError, match="col_indices must lie"):
+        BlockSparseMatrix(bsr.shape, 4, bsr.crow_indices, bsr.col_indices + 5, bsr.values)
+    with pytest.raises(ValueError, match="crow_indices must have 3 entries"):
+        BlockSparseMatrix(bsr.shape, 4, bsr.crow_indices[:2], bsr.col_indices, bsr.values)
+
+
+def test_linear_matches_nn_linear_on_cpu():
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 32)
+    with torch.no_grad():
+        linear.weight.copy_(block_sparse_weight(32, 48, 16, 0.5, seed=3))
+    layer = BlockSparseLinear.from_linear(linear, 16)
+    x = torch.randn(3, 5, 48)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), linear(x), atol=1e-6)
+    assert layer.density == pytest.approx(BlockSparseMatrix.from_dense(linear.weight, 16).density)
+    assert "block_size=16" in repr(layer)
+
+
+def test_gradients_reach_the_input_through_the_dense_path():
+    linear = nn.Linear(16, 16)
+    layer = BlockSparseLinear.from_linear(linear, 8, backend="auto")
+    x = torch.randn(4, 16, requires_grad=True)
+    layer(x).sum().backward()
+    assert torch.allclose(x.grad, linear.weight.detach().sum(0).expand(4, -1), atol=1e-6)
+
+
+def test_wrong_feature_count_and_backend_are_refused():
+    layer = BlockSparseLinear.from_linear(nn.Linear(16, 16), 8)
+    with pytest.raises(ValueError, match="expects 16"):
+        layer(torch.randn(2, 15))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        BlockSparseLinear.from_linear(nn.Linear(16, 16), 8, backend="cusparse")
+
+
+def test_dispatcher_answers_dense_on_cpu():
+    layer = BlockSparseLinear.from_linear(nn.Linear(16, 16), 8)
+    assert Dispatcher().choose(layer, torch.randn(4, 16)) == "dense"
+
+
+def test_swap_replaces_only_block_sparse_layers_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[2].weight.copy_(block_sparse_weight(64, 64, 16, 0.25, seed=1) + 0.0)
+    x = torch.randn(7, 32)
+    with torch.no_grad():
+        before = model(x)
+    swapped = swap_block_sparse(model, 16, max_density=0.7)
+    assert swapped == ["2"], "only the block-sparse middle layer qualifies (dense first, 10 outputs last)"
+    assert isinstance(model[2], BlockSparseLinear)
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_dispatcher_picks_a_backend_and_outputs_agree_on_gpu():
+    w = block_sparse_weight(2048, 2048, 64, 0.1).half().cuda()
+    dispatcher = Dispatcher(repeats=3)
+    layer = BlockSparseLinear(BlockSparseMatrix.from_dense(w, 64), dispatcher=dispatcher)
+    x = torch.randn(1024, 2048, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        y = layer(x)
+    key = dispatcher.key(layer, x)
+    assert dispatcher.choices[key] in ("tma", "pointer", "dense")
+    ref = x.double() @ w.double().T
+    assert float((y.double() - ref).norm() / ref.norm()) < 2e-3
+
+
+def test_heatmap_plot_and_curves_from_recorded_results():
+    from sparsity_lab.plots import block as plots
+    from sparsity_lab.results import load_results
+
+    rows = load_results("block_sparse_gpu").figures["heatmap"]
+    fig = plots.speedup_heatmap(rows)
+    heat = fig.data[0]
+    assert list(heat.y) == ["16", "32", "64", "128"] and "90%" in list(heat.x)
+    row = next(r for r in rows if r["bs"] == 64 and r["sparsity"] == 0.9)
+    assert heat.z[2][list(heat.x).index("90%")] == pytest.approx(row["speedup"])
+    curves = plots.speedup_curves(rows)
+    assert curves.data[-1].name == "ideal 1/density"
+    assert len(curves.data) == 2 * 4 + 1
+
+
+def test_recorded_results_hold_checked_numbers():
+    """The shipped GPU file: every correctness case passed, every cell agrees with its reference."""
+    from sparsity_lab.results import load_results
+
+    res = load_results("block_sparse_gpu")
+    figures = res.figures
+    assert "H100" in res.environment["device"]
+    assert figures["correctness"] and all(r["ok"] for r in figures["correctness"])
+    assert {(r["bs"], r["sparsity"]) for r in figures["heatmap"]} >= {(64, 0.9), (32, 0.9), (64, 0.5)}
+    for r in figures["heatmap"]:
+        assert r["relerr"] < 2e-3 and r["speedup"] == pytest.approx(r["dense_ms"] / r["ours_ms"])
