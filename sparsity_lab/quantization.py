@@ -58,6 +58,8 @@ def quantize_rows(x: torch.Tensor, check_finite: bool = True) -> tuple[torch.Ten
     `check_finite=False` skips the NaN/inf check (a device sync on GPUs) for activations in a hot path.
     """
     _check_float_2d(x, "x")
+    if x.shape[1] == 0:
+        raise ValueError(f"x has shape {tuple(x.shape)}: rows need at least one entry to have a scale")
     if check_finite and x.numel() and not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise ValueError(f"x contains non-finite values (first at index {bad}); int8 scales need finite inputs")
@@ -85,7 +87,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
     if scale.dim() != 1 or scale.shape[0] != q.shape[0]:
         raise ValueError(f"scale must have shape ({q.shape[0]},) for q of shape {tuple(q.shape)}, "
                          f"got {tuple(scale.shape)}")
-    return (q.to(torch.float32) * scale.to(torch.float32)[:, None]).to(dtype)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32  # q * s is exact in float64
+    return (q.to(compute) * scale.to(compute)[:, None]).to(dtype)
 
 
 def _check_matmul_operands(a: torch.Tensor, w: torch.Tensor) -> None:
@@ -119,16 +122,23 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def int_mm_shape(m: int, k: int, n: int, device_type: str) -> tuple[int, int, int]:
+    """The (M, K, N) that `torch._int_mm` accepts on `device_type` for a requested (M, K, N): on CUDA M is raised to
+    17 and K, N to multiples of 8 (zero padding leaves the product unchanged); the CPU takes any shape."""
+    if device_type != "cuda":
+        return m, k, n
+    return max(m, INT_MM_MIN_ROWS), _round_up(max(k, 1), INT_MM_MULTIPLE), _round_up(max(n, 1), INT_MM_MULTIPLE)
+
+
 def int_mm(a: torch.Tensor, w: torch.Tensor, pad: bool = True) -> torch.Tensor:
     """a @ w.T in int32 through `torch._int_mm` (cuBLAS int8 on GPUs), padding with zero rows/columns where
     its constraints (M > 16, K and N multiples of 8) require; `pad=False` raises instead, naming the constraint."""
     _check_matmul_operands(a, w)
     m, k = a.shape
     n = w.shape[0]
-    if a.device.type == "cuda":
-        rows, inner, cols = max(m, INT_MM_MIN_ROWS), _round_up(k, INT_MM_MULTIPLE), _round_up(n, INT_MM_MULTIPLE)
-    else:
-        rows, inner, cols = m, k, n
+    if m == 0 or n == 0 or k == 0:
+        return torch.zeros(m, n, dtype=torch.int32, device=a.device)
+    rows, inner, cols = int_mm_shape(m, k, n, a.device.type)
     if (rows, inner, cols) != (m, k, n):
         if not pad:
             raise ValueError(
@@ -137,8 +147,6 @@ def int_mm(a: torch.Tensor, w: torch.Tensor, pad: bool = True) -> torch.Tensor:
             )
         a = _pad_to(a, rows, inner)
         w = _pad_to(w, cols, inner)
-    if m == 0 or n == 0 or k == 0:
-        return torch.zeros(m, n, dtype=torch.int32, device=a.device)
     out = torch._int_mm(a.contiguous(), w.contiguous().T)
     return out[:m, :n] if (rows, cols) != (m, n) else out
 
