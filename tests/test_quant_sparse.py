@@ -221,3 +221,38 @@ def test_int8_sparse_linear_on_the_gpu_matches_the_cpu_reference():
     cpu = layer(x)
     gpu = layer.cuda()(x.cuda().half())
     torch.testing.assert_close(gpu.float().cpu(), cpu, rtol=2e-3, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plots_carry_their_data():
+    from sparsity_lab.plots import quantization as plots
+
+    fig = plots.bytes_per_weight(qs.weight_bytes_per_entry())
+    assert list(fig.data[0].x) == ["fp16", "int8", "fp16 2:4", "int8 2:4"]
+    rows = [{"method": "dense", "one_shot": 0.97, "finetuned": 0.98}, {"method": "2:4", "one_shot": 0.9,
+                                                                      "finetuned": 0.96}]
+    one_shot, tuned = plots.accuracy_table(rows).data
+    assert list(one_shot.y) == pytest.approx([97.0, 90.0]) and list(tuned.y) == pytest.approx([98.0, 96.0])
+    speed = [{"M": 8, "K": 8, "N": 8, "ms": {"fp16_dense_linear": 1.0, "int8_dense_int_mm": 0.5,
+                                             "int8_24_torch_cslt": 0.4, "int8_24_torch_cslt_t": 0.3,
+                                             "int8_24_layer_torch_cslt": 0.9}}]
+    fig = plots.speed_bars(speed, label="recorded on X")
+    by_name = {t.name: list(t.y) for t in fig.data}
+    assert by_name["best_int8_24_core"] == [0.3] and by_name["best_int8_24_layer"] == [0.9]
+    assert "int8_dense_layer" not in by_name and "recorded on X" in fig.layout.title.text
+    grid = plots.int8_grid(torch.tensor([1.0, -0.5, 0.25, 0.0]))
+    assert list(grid.data[1].y) == pytest.approx([1.0, -64 / 127, 32 / 127, 0.0])
+
+
+def test_channel_explorer_follows_the_slider():
+    from sparsity_lab.widgets.quantization import int8_channel_explorer
+
+    weight = torch.randn(5, 16)
+    weight[3] *= 100
+    box = int8_channel_explorer(weight, columns=8)
+    slider, status, figure = box.children
+    slider.value = 3
+    assert "channel <b>3</b>" in status.value
+    assert list(figure.data[0].y) == pytest.approx(weight[3, :8].tolist())
