@@ -189,13 +189,28 @@ def test_benchmark_refuses_unknown_backends(tmp_path):
     assert bench.main(["--device", "cpu", "--backends", "nope", "--out", str(tmp_path / "x.json")]) == 2
 
 
-def test_summary_judges_the_targets():
+def test_summary_judges_the_targets_on_int32_cores_and_falls_back_to_bf16_out():
     rows = [{"M": 8192, "K": 8192, "N": 8192, "speedup": {"core_int8_24_vs_int8_dense": 2.06},
-             "best_sparse_core": "int8_24_torch_cslt"},
-            {"M": 4096, "K": 4096, "N": 4096, "speedup": {"core_int8_24_vs_int8_dense": 0.54}},
+             "best_core_int8_24": "int8_24_torch_cslt"},
+            {"M": 4096, "K": 4096, "N": 4096, "speedup": {"core_int8_24_bf16out_vs_int8_dense": 0.54}},
             {"M": 512, "K": 4096, "N": 4096, "speedup": {}}]
     verdicts = bench.summarize(rows)
-    assert [(v["shape"], v["met"]) for v in verdicts] == [("8192x8192x8192", True), ("4096x4096x4096", False)]
+    assert [(v["shape"], v["met"], v["basis"]) for v in verdicts] == [
+        ("8192x8192x8192", True, "int32 out"), ("4096x4096x4096", False, "bf16 out")]
+    assert verdicts[0]["backend"] == "int8_24_torch_cslt"
+
+
+def test_speedups_pick_the_best_exact_core_and_keep_bf16_out_apart():
+    row = {"ms": {"int8_dense_int_mm": 1.2, "int8_24_torch_cslt": 0.6, "int8_24_torch_cslt_t": 0.8,
+                  "int8_24_cslt_bf16out": 0.5, "fp16_dense_linear": 2.0, "int8_dense_layer": 1.6,
+                  "int8_24_layer_torch_cslt": 1.0},
+           "graph_ms": {"int8_dense_int_mm": 1.1, "int8_24_torch_cslt": 0.55}, "speedup": {}}
+    bench.add_speedups(row)
+    assert row["best_core_int8_24"] == "int8_24_torch_cslt"
+    assert row["speedup"] == pytest.approx({
+        "core_int8_24_vs_int8_dense": 2.0, "graph_core_int8_24_vs_int8_dense": 2.0,
+        "core_int8_24_bf16out_vs_int8_dense": 2.4, "layer_int8_24_vs_float_dense": 2.0,
+        "layer_int8_24_vs_int8_dense": 1.6})
 
 
 # --------------------------------------------------------------------------- GPU
