@@ -232,7 +232,7 @@ def test_cusparselt_backends_are_exact(backend, m, k, n):
 def test_int8_sparse_linear_on_the_gpu_matches_the_cpu_reference():
     lin = _linear(k=64, n=40, seed=3)
     layer = qs.Int8SparseLinear.from_linear(lin)
-    x = torch.randn(33, 64)
+    x = torch.randn(33, 64).half().float()  # values fp16 can hold, so both devices quantize the same numbers
     cpu = layer(x)
     gpu = layer.cuda()(x.cuda().half())
     torch.testing.assert_close(gpu.float().cpu(), cpu, rtol=2e-3, atol=2e-3)
@@ -271,3 +271,18 @@ def test_channel_explorer_follows_the_slider():
     slider.value = 3
     assert "channel <b>3</b>" in status.value
     assert list(figure.data[0].y) == pytest.approx(weight[3, :8].tolist())
+
+
+def test_cnn_swap_touches_only_the_linear_head():
+    from sparsity_lab.models import DigitsCNN
+
+    torch.manual_seed(0)
+    cnn = DigitsCNN(channels=4)
+    swapped = qs.quantize_linears(cnn, sparse=True)
+    assert [type(m).__name__ for m in swapped.head if isinstance(m, nn.Module) and hasattr(m, "weight_q")] == [
+        "Int8SparseLinear", "Int8SparseLinear"]
+    assert isinstance(swapped.features[0], nn.Conv2d)
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        ref = qs.quantize_linears(cnn, sparse=False)(x)
+    assert swapped(x).shape == ref.shape == (5, 10)
