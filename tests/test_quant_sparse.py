@@ -286,3 +286,73 @@ def test_cnn_swap_touches_only_the_linear_head():
     with torch.no_grad():
         ref = qs.quantize_linears(cnn, sparse=False)(x)
     assert swapped(x).shape == ref.shape == (5, 10)
+
+
+# --------------------------------------------------------------------------- cuSPARSELt glue, emulated on the CPU
+
+
+def _fake_cslt_compress(dense):
+    return dense.clone()  # the emulation keeps the (padded) dense int8 weight as its "packed" form
+
+
+def _fake_cslt_sparse_mm(packed, dense_b, bias=None, alpha=None, out_dtype=None, transpose_result=False, **_):
+    """torch._cslt_sparse_mm's contract: (rows of A, cols of B) = A @ B, scaled per row by alpha, in out_dtype,
+    transposed (contiguous) when transpose_result."""
+    acc = packed.to(torch.int64) @ dense_b.to(torch.int64)
+    out = acc.double() * alpha.double()[:, None] if alpha is not None else acc
+    out = out.to(out_dtype or packed.dtype)
+    return out.T.contiguous() if transpose_result else out
+
+
+@pytest.fixture
+def emulated_cslt(monkeypatch):
+    monkeypatch.setattr(torch, "_cslt_compress", _fake_cslt_compress)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", _fake_cslt_sparse_mm)
+    names = []
+    for transpose in (False, True):
+        name = f"emu_cslt_{int(transpose)}"
+        qs.register_backend(qs.SparseInt8Backend(
+            name, qs._cslt_compress, lambda w, x, t=transpose: qs._cslt_matmul(w, x, transpose_result=t),
+            lambda: True))
+        names.append(name)
+    yield names
+    for name in names:
+        del qs.BACKENDS[name]
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 4, 1), (20, 40, 24), (32, 64, 64)])
+def test_cslt_glue_pads_transposes_and_slices_back(emulated_cslt, m, k, n):
+    w = torch.randn(n, k)
+    q_w, _ = quantize_per_channel(w * qs.mask_2of4(w))
+    q_x = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    for name in emulated_cslt:
+        backend = qs.get_backend(name)
+        packed = backend.compress(q_w)
+        assert packed.packed.shape[0] % 32 == 0 and packed.packed.shape[1] % 32 == 0
+        got = backend.matmul(packed, q_x)
+        assert got.shape == (m, n) and torch.equal(got.to(torch.int32), int8_matmul_reference(q_x, q_w))
+
+
+def test_benchmark_gpu_branches_run_on_an_emulated_cusparselt(emulated_cslt):
+    args = bench.build_parser().parse_args(["--warmup-ms", "1", "--rep-ms", "2"])
+    row, cores = bench.run_shape(32, 64, 32, torch.device("cpu"), emulated_cslt, args)
+    assert row["correct"], row
+    assert set(row["checks"]) == {"int8_dense_reference", "int8_24_emu_cslt_0", "int8_24_emu_cslt_1",
+                                  "int8_24_cslt_bf16out", "int8_24_cslt_alpha_bf16out", "int8_dense_layer",
+                                  "int8_24_layer_emu_cslt_0", "int8_24_layer_emu_cslt_1"}
+    assert set(cores) == {"int8_dense_reference", "int8_24_emu_cslt_0", "int8_24_emu_cslt_1",
+                          "int8_24_cslt_bf16out", "int8_24_cslt_alpha_bf16out"}
+    assert row["best_core_int8_24"] in ("int8_24_emu_cslt_0", "int8_24_emu_cslt_1")
+    assert {"core_int8_24_vs_int8_dense", "core_int8_24_bf16out_vs_int8_dense"} <= set(row["speedup"])
+
+
+def test_benchmark_reports_a_backend_that_raises_and_goes_on(emulated_cslt, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA_R_32I output not supported")
+
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", broken)
+    args = bench.build_parser().parse_args(["--warmup-ms", "1", "--rep-ms", "2"])
+    row, _ = bench.run_shape(32, 64, 32, torch.device("cpu"), emulated_cslt, args)
+    assert "not supported" in row["errors"]["int8_24_emu_cslt_0"]
+    assert not row["correct"], "no sparse core ran, so the row cannot count as checked"
+    assert "int8_dense_reference" in row["ms"]
