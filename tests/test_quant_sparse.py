@@ -204,11 +204,13 @@ def test_speedups_pick_the_best_exact_core_and_keep_bf16_out_apart():
     row = {"ms": {"int8_dense_int_mm": 1.2, "int8_24_torch_cslt": 0.6, "int8_24_torch_cslt_t": 0.8,
                   "int8_24_cslt_bf16out": 0.5, "fp16_dense_linear": 2.0, "int8_dense_layer": 1.6,
                   "int8_24_layer_torch_cslt": 1.0},
-           "graph_ms": {"int8_dense_int_mm": 1.1, "int8_24_torch_cslt": 0.55}, "speedup": {}}
+           "graph_ms": {"int8_dense_int_mm": 1.1, "int8_24_torch_cslt": 0.55},
+           "b2b_ms": {"int8_dense_int_mm": 1.0, "int8_24_torch_cslt": 0.8}, "speedup": {}}
     bench.add_speedups(row)
     assert row["best_core_int8_24"] == "int8_24_torch_cslt"
     assert row["speedup"] == pytest.approx({
         "core_int8_24_vs_int8_dense": 2.0, "graph_core_int8_24_vs_int8_dense": 2.0,
+        "b2b_core_int8_24_vs_int8_dense": 1.25,
         "core_int8_24_bf16out_vs_int8_dense": 2.4, "layer_int8_24_vs_float_dense": 2.0,
         "layer_int8_24_vs_int8_dense": 1.6})
 

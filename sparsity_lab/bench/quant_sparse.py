@@ -101,6 +101,20 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_m
     return statistics.median(times)
 
 
+def back_to_back_ms(fn: Callable[[], Any], calls: int = 50) -> float:
+    """Mean CUDA-event milliseconds per call over `calls` back-to-back calls, no flush: eager throughput, where a
+    call whose host work (such as planning) outlasts its kernel shows its host time."""
+    fn()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / calls
+
+
 def graph_time_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
     """Median milliseconds of `fn` captured once into a CUDA graph and replayed (no per-call host work)."""
     stream = torch.cuda.Stream()
@@ -145,7 +159,7 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
     q_w, s_w = quantize_per_channel(weight.float())
     q_x, s_x = quantize_per_token(x, check_finite=False)
     row: dict[str, Any] = {"M": m, "K": k, "N": n, "dtype": str(dtype).removeprefix("torch."),
-                           "checks": {}, "errors": {}, "ms": {}, "graph_ms": {}, "speedup": {}}
+                           "checks": {}, "errors": {}, "ms": {}, "b2b_ms": {}, "graph_ms": {}, "speedup": {}}
     checks, errors = row["checks"], row["errors"]
 
     exact = int8_matmul_reference(q_x, q_w)
@@ -230,6 +244,8 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
         for key, fn in {**cores, **layers}.items():
             if checks.get(key, True):
                 row["ms"][key] = time_ms(fn, device, args.warmup_ms, args.rep_ms)
+                if cuda and key in cores:
+                    row["b2b_ms"][key] = back_to_back_ms(fn)
     add_speedups(row)
     row["correct"] = all(checks.values()) and any(key.startswith("int8_24_") for key in checks)
     return row, {key: fn for key, fn in cores.items() if checks.get(key)}
@@ -248,9 +264,10 @@ def add_graph_timings(row: dict[str, Any], cores: dict[str, Callable[[], Any]], 
 
 
 def add_speedups(row: dict[str, Any]) -> None:
-    """Speedups of a row from its timings: the best exact (int32-out) sparse core over the int8 dense core, eager and
-    from graphs; the bf16-out cores likewise; the best int8 2:4 layer over the fp16 and int8 dense layers."""
-    ms, graph, speedup = row["ms"], row["graph_ms"], row["speedup"]
+    """Speedups of a row from its timings: the best exact (int32-out) sparse core over the int8 dense core (median per
+    call, and also back-to-back and from graphs); the bf16-out cores likewise; the best int8 2:4 layer over the fp16
+    and int8 dense layers."""
+    ms, graph, b2b, speedup = row["ms"], row["graph_ms"], row.get("b2b_ms", {}), row["speedup"]
     dense_core = next((key for key in DENSE_CORE.values() if key in ms), None)
     dense_layer = next((key for key in DENSE_LAYER.values() if key in ms), None)
     exact_cores = {key: t for key, t in ms.items()
@@ -263,8 +280,9 @@ def add_speedups(row: dict[str, Any]) -> None:
             best = min(group, key=group.get)
             row["best_" + label] = best
             speedup[label + "_vs_int8_dense"] = ms[dense_core] / group[best]
-            if dense_core in graph and best in graph:
-                speedup["graph_" + label + "_vs_int8_dense"] = graph[dense_core] / graph[best]
+            for prefix, times in (("graph_", graph), ("b2b_", b2b)):
+                if dense_core in times and best in times:
+                    speedup[prefix + label + "_vs_int8_dense"] = times[dense_core] / times[best]
     sparse_layers = {key: t for key, t in ms.items() if key.startswith("int8_24_layer_")}
     if sparse_layers:
         best_layer = min(sparse_layers.values())
@@ -298,15 +316,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         lines.append(f"M={row['M']} K={row['K']} N={row['N']}  correct={row['correct']}")
         for key, t in row["ms"].items():
-            graph = row["graph_ms"].get(key)
-            lines.append(f"  {key:<32} {t:9.4f} ms" + (f"   graph {graph:9.4f} ms" if graph is not None else ""))
+            extra = "".join(f"   {label} {row[field][key]:9.4f} ms" for label, field in
+                            (("back-to-back", "b2b_ms"), ("graph", "graph_ms")) if key in row.get(field, {}))
+            lines.append(f"  {key:<36} {t:9.4f} ms{extra}")
         for key, s in row["speedup"].items():
-            lines.append(f"  {key:<32} {s:9.2f}x")
+            lines.append(f"  {key:<36} {s:9.2f}x")
         for key, err in row["errors"].items():
             lines.append(f"  ! {key}: {err}")
     return "\n".join(lines)
-
-
 
 
 def figures_of(rows: list[dict[str, Any]], shapes: list[tuple[int, int, int]], backends: list[str],
