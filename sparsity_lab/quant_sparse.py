@@ -34,6 +34,7 @@ from sparsity_lab.quantization import (
     _pad_to,
     _round_up,
     dequantize,
+    fused_kernels,
     int8_linear,
     int8_matmul_reference,
     quantize_per_channel,
@@ -177,11 +178,16 @@ def resolve_backend(name: str, device: torch.device) -> SparseInt8Backend:
 
 
 class Int8Linear(nn.Module):
-    """Linear layer with a per-channel int8 weight and per-token dynamic int8 activations (inference only)."""
+    """Linear layer with a per-channel int8 weight and per-token dynamic int8 activations (inference only).
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto") -> None:
+    `fused=True` quantizes the activations and rescales the int32 product with the Triton kernels of
+    `sparsity_lab.kernels.int8_quant` (one pass over memory each) instead of eager PyTorch ops.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
+                 fused: bool = False) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.backend = in_features, out_features, backend
+        self.in_features, self.out_features, self.backend, self.fused = in_features, out_features, backend, fused
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -197,9 +203,9 @@ class Int8Linear(nn.Module):
             self.bias.copy_(bias.detach())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, backend: str = "auto") -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool = False) -> Int8Linear:
         """Quantize an nn.Linear (masked or not: its effective weight is used)."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, backend)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, backend, fused)
         layer.load_float_weight(linear.weight.detach().float(), linear.bias)
         return layer.to(linear.weight.device)
 
@@ -208,21 +214,24 @@ class Int8Linear(nn.Module):
         return dequantize(self.weight_q, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.weight_q, self.weight_scale, self.bias, backend=self.backend)
+        return int8_linear(x, self.weight_q, self.weight_scale, self.bias, backend=self.backend, fused=self.fused)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend!r}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend!r}"
+                + (", fused=True" if self.fused else ""))
 
 
 class Int8SparseLinear(Int8Linear):
     """Int8Linear whose weight is 2:4 sparse; the matmul goes through a `SparseInt8Backend` (see the module doc)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto") -> None:
-        super().__init__(in_features, out_features, bias, backend)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
+                 fused: bool = False) -> None:
+        super().__init__(in_features, out_features, bias, backend, fused)
         self._packed: tuple[tuple, Any] | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, backend: str = "auto", prune: bool = True) -> Int8SparseLinear:
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool = False,
+                    prune: bool = True) -> Int8SparseLinear:
         """Quantize an nn.Linear to int8 2:4: with `prune`, impose a 2:4 magnitude mask first; without, the
         weight must already be 2:4 (else ValueError naming the group)."""
         weight = linear.weight.detach().float()
@@ -230,7 +239,7 @@ class Int8SparseLinear(Int8Linear):
             weight = weight * mask_2of4(weight)
         else:
             check_2of4(weight)
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, backend)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, backend, fused)
         layer.load_float_weight(weight, linear.bias)
         return layer.to(linear.weight.device)
 
@@ -246,25 +255,33 @@ class Int8SparseLinear(Int8Linear):
             raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
         backend = resolve_backend(self.backend, x.device)
         flat = x.reshape(-1, self.in_features)
-        q_x, s_x = quantize_per_token(flat, check_finite=x.device.type != "cuda")
+        kernels = fused_kernels() if self.fused else None
+        if kernels is not None:
+            q_x, s_x = kernels.quantize_per_token(flat)
+        else:
+            q_x, s_x = quantize_per_token(flat, check_finite=x.device.type != "cuda")
         acc = backend.matmul(self.packed_weight(backend), q_x)
-        y = rescale(acc, s_x, self.weight_scale, self.bias, dtype=x.dtype)
+        if kernels is not None:
+            y = kernels.rescale(acc, s_x, self.weight_scale, self.bias, dtype=x.dtype)
+        else:
+            y = rescale(acc, s_x, self.weight_scale, self.bias, dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize_linears(model: nn.Module, sparse: bool = False, backend: str = "auto", inplace: bool = False,
-                     prune: bool = True) -> nn.Module:
+                     prune: bool = True, fused: bool = False) -> nn.Module:
     """Swap every nn.Linear for Int8Linear (or Int8SparseLinear when `sparse`; layers whose in_features is not a
-    multiple of 4 stay dense int8). Works on a copy unless `inplace`; masked layers use their masked weight."""
+    multiple of 4 stay dense int8). Works on a copy unless `inplace`; masked layers use their masked weight;
+    `fused` picks the Triton quantize/rescale kernels."""
     model = model if inplace else copy.deepcopy(model)
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
             if sparse and child.in_features % 4 == 0:
-                layer = Int8SparseLinear.from_linear(child, backend=backend, prune=prune)
+                layer = Int8SparseLinear.from_linear(child, backend=backend, fused=fused, prune=prune)
             else:
-                layer = Int8Linear.from_linear(child, backend=backend)
+                layer = Int8Linear.from_linear(child, backend=backend, fused=fused)
             setattr(parent, child_name, layer)
     return model
 

@@ -177,17 +177,29 @@ def rescale(
     return torch.addcmul(base, y, w_scale.to(torch.float32)[None, :], out=out)
 
 
+def fused_kernels():
+    """The Triton kernels of `sparsity_lab.kernels.int8_quant` (one pass each for quantize and rescale); they need
+    CUDA tensors, or TRITON_INTERPRET=1 set before the first import for CPU tensors."""
+    from sparsity_lab._optional import require
+
+    require("triton", extra="gpu")
+    from sparsity_lab.kernels import int8_quant
+
+    return int8_quant
+
+
 def int8_linear(
     x: torch.Tensor,
     w_q: torch.Tensor,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     backend: str = "auto",
+    fused: bool = False,
 ) -> torch.Tensor:
     """Dynamically quantized ``x @ w.T + b`` for x (..., K): quantize x per token, int8 matmul, rescale to x.dtype.
 
     `backend`: "reference" (exact int64, any device), "int_mm" (`torch._int_mm`), or "auto" (int_mm on CUDA,
-    reference elsewhere).
+    reference elsewhere). `fused`: quantize and rescale with the Triton kernels instead of eager PyTorch ops.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"x must be a tensor (..., K), got {type(x).__name__}")
@@ -199,7 +211,14 @@ def int8_linear(
     if backend not in matmuls:
         raise ValueError(f"backend must be one of {sorted(matmuls)} or 'auto', got {backend!r}")
     flat = x.reshape(-1, x.shape[-1])
-    q_x, s_x = quantize_per_token(flat, check_finite=x.device.type != "cuda")
+    kernels = fused_kernels() if fused else None
+    if kernels is not None:
+        q_x, s_x = kernels.quantize_per_token(flat)
+    else:
+        q_x, s_x = quantize_per_token(flat, check_finite=x.device.type != "cuda")
     acc = matmuls[backend](q_x, w_q)
-    y = rescale(acc, s_x, w_scale, bias, dtype=x.dtype)
+    if kernels is not None:
+        y = kernels.rescale(acc, s_x, w_scale, bias, dtype=x.dtype)
+    else:
+        y = rescale(acc, s_x, w_scale, bias, dtype=x.dtype)
     return y.reshape(*x.shape[:-1], w_q.shape[0])

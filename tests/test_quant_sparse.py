@@ -202,12 +202,14 @@ def test_summary_judges_the_targets_on_int32_cores_and_falls_back_to_bf16_out():
 
 def test_speedups_pick_the_best_exact_core_and_keep_bf16_out_apart():
     row = {"ms": {"int8_dense_int_mm": 1.2, "int8_24_torch_cslt": 0.6, "int8_24_torch_cslt_t": 0.8,
-                  "int8_24_cslt_bf16out": 0.5, "fp16_dense_linear": 2.0, "int8_dense_layer": 1.6,
-                  "int8_24_layer_torch_cslt": 1.0},
+                  "int8_24_cslt_bf16out": 0.5, "fp16_dense_linear": 2.0, "int8_dense_layer": 1.9,
+                  "int8_dense_layer_fused": 1.6, "int8_24_layer_torch_cslt": 1.1,
+                  "int8_24_layer_torch_cslt_fused": 1.0},
            "graph_ms": {"int8_dense_int_mm": 1.1, "int8_24_torch_cslt": 0.55},
            "b2b_ms": {"int8_dense_int_mm": 1.0, "int8_24_torch_cslt": 0.8}, "speedup": {}}
     bench.add_speedups(row)
     assert row["best_core_int8_24"] == "int8_24_torch_cslt"
+    assert row["best_layer_int8_24"] == "int8_24_layer_torch_cslt_fused"
     assert row["speedup"] == pytest.approx({
         "core_int8_24_vs_int8_dense": 2.0, "graph_core_int8_24_vs_int8_dense": 2.0,
         "b2b_core_int8_24_vs_int8_dense": 1.25,
@@ -254,11 +256,14 @@ def test_plots_carry_their_data():
     assert list(one_shot.y) == pytest.approx([97.0, 90.0]) and list(tuned.y) == pytest.approx([98.0, 96.0])
     speed = [{"M": 8, "K": 8, "N": 8, "ms": {"fp16_dense_linear": 1.0, "int8_dense_int_mm": 0.5,
                                              "int8_24_torch_cslt": 0.4, "int8_24_torch_cslt_t": 0.3,
-                                             "int8_24_layer_torch_cslt": 0.9}}]
+                                             "int8_24_layer_torch_cslt": 0.9, "int8_dense_layer": 1.2,
+                                             "int8_dense_layer_fused": 0.7}}]
     fig = plots.speed_bars(speed, label="recorded on X")
     by_name = {t.name: list(t.y) for t in fig.data}
     assert by_name["best_int8_24_core"] == [0.3] and by_name["best_int8_24_layer"] == [0.9]
-    assert "int8_dense_layer" not in by_name and "recorded on X" in fig.layout.title.text
+    assert by_name["best_int8_dense_layer"] == [0.7] and "recorded on X" in fig.layout.title.text
+    speed[0]["ms"] = {"fp16_dense_linear": 1.0}
+    assert [t.name for t in plots.speed_bars(speed).data] == ["fp16_dense_linear"]
     grid = plots.int8_grid(torch.tensor([1.0, -0.5, 0.25, 0.0]))
     assert list(grid.data[1].y) == pytest.approx([1.0, -64 / 127, 32 / 127, 0.0])
 

@@ -42,14 +42,14 @@ def accuracy_table(rows: Sequence[Mapping[str, Any]], title: str = "Digits: test
     return fig
 
 
-SPEED_KEYS = ("fp16_dense_linear", "int8_dense_int_mm", "best_int8_24_core", "int8_dense_layer",
+SPEED_KEYS = ("fp16_dense_linear", "int8_dense_int_mm", "best_int8_24_core", "best_int8_dense_layer",
               "best_int8_24_layer")
 
 
 def speed_bars(rows: Sequence[Mapping[str, Any]], label: str = "", keys: Sequence[str] = SPEED_KEYS
                ) -> plotly.graph_objects.Figure:  # noqa: F821
-    """Milliseconds per shape for each method (rows of the quant_sparse benchmark); "best_int8_24_core" and
-    "best_int8_24_layer" pick the fastest sparse backend of each row."""
+    """Milliseconds per shape for each method (rows of the quant_sparse benchmark); the "best_*" keys pick the
+    fastest variant of each row (sparse backend, eager or fused epilogue)."""
     go = _go()
     shapes = [f"{r['M']}x{r['K']}x{r['N']}" for r in rows]
     fig = go.Figure()
@@ -65,11 +65,14 @@ def speed_bars(rows: Sequence[Mapping[str, Any]], label: str = "", keys: Sequenc
 
 
 def _pick(ms: Mapping[str, float], key: str) -> float | None:
-    if key.startswith("best_int8_24_"):
-        kind = key.removeprefix("best_int8_24_")
-        found = [t for k, t in ms.items() if k.startswith("int8_24_") and (("layer" in k) == (kind == "layer"))]
-        return min(found) if found else None
-    return ms.get(key)
+    if key == "best_int8_dense_layer":
+        found = [t for k, t in ms.items() if k.startswith("int8_dense_layer")]
+    elif key.startswith("best_int8_24_"):
+        layer = key == "best_int8_24_layer"
+        found = [t for k, t in ms.items() if k.startswith("int8_24_") and ("layer" in k) == layer]
+    else:
+        return ms.get(key)
+    return min(found) if found else None
 
 
 def int8_grid(weight_row: torch.Tensor, title: str = "One output channel on its int8 grid"

@@ -1,0 +1,1 @@
+"""Triton kernels, one module per kernel; each imports Triton lazily so the package works without it."""
