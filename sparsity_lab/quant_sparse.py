@@ -16,7 +16,8 @@ PLUG-IN POINT for our own cuSPARSELt binding (sparsity_lab/cusparselt.py, which 
 it with ``register_backend(SparseInt8Backend("cusparselt", compress=..., matmul=..., available=...))`` where
 ``compress(q_w)`` takes the int8 2:4 weight (N, K) and returns any handle, and ``matmul(handle, q_x)`` takes int8
 activations (M, K) and returns the exact int32 product (M, N); then set ``DEFAULT_GPU_BACKEND = "cusparselt"``.
-Nothing else here changes: scales and bias are applied by `sparsity_lab.quantization.rescale` on the int32 result.
+Nothing else here changes: scales and bias are applied to the int32 result by `sparsity_lab.quantization.rescale`
+(or, with ``fused=True``, by the Triton kernel in `sparsity_lab.kernels.int8_quant`).
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ from torch import nn
 
 from sparsity_lab.prune import apply_mask
 from sparsity_lab.quantization import (
-    _pad_to,
-    _round_up,
     dequantize,
     fused_kernels,
     int8_linear,
     int8_matmul_reference,
+    pad_2d,
     quantize_per_channel,
     quantize_per_token,
     rescale,
+    round_up,
 )
 
 DEFAULT_GPU_BACKEND = "torch_cslt"
@@ -142,8 +143,8 @@ def _cslt_available() -> bool:
 def _cslt_compress(q_w: torch.Tensor) -> _CsltWeight:
     check_2of4(q_w, "q_w")
     n, k = q_w.shape
-    n_pad, k_pad = _round_up(n, CSLT_SPARSE_MULTIPLE), _round_up(k, CSLT_SPARSE_MULTIPLE)
-    padded = _pad_to(q_w.contiguous(), n_pad, k_pad)  # zero groups are valid 2:4 groups
+    n_pad, k_pad = round_up(n, CSLT_SPARSE_MULTIPLE), round_up(k, CSLT_SPARSE_MULTIPLE)
+    padded = pad_2d(q_w.contiguous(), n_pad, k_pad)  # zero groups are valid 2:4 groups
     return _CsltWeight(torch._cslt_compress(padded), n, k, n_pad, k_pad)
 
 
@@ -151,8 +152,8 @@ def _cslt_matmul(weight: _CsltWeight, q_x: torch.Tensor, transpose_result: bool)
     m = q_x.shape[0]
     if q_x.shape[1] != weight.k:
         raise ValueError(f"q_x has {q_x.shape[1]} features but the weight expects {weight.k}")
-    m_pad = _round_up(max(m, 1), CSLT_DENSE_MULTIPLE)
-    q_x = _pad_to(q_x.contiguous(), m_pad, weight.k_pad)
+    m_pad = round_up(max(m, 1), CSLT_DENSE_MULTIPLE)
+    q_x = pad_2d(q_x.contiguous(), m_pad, weight.k_pad)
     out = torch._cslt_sparse_mm(weight.packed, q_x.T, out_dtype=torch.int32, transpose_result=transpose_result)
     out = out if transpose_result else out.T  # (M_pad, N_pad) either way
     return out[:m, : weight.n]

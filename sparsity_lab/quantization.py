@@ -110,7 +110,8 @@ def int8_matmul_reference(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return acc.to(torch.int32)  # |acc| <= 127 * 127 * K fits int32 for K < 133_000
 
 
-def _pad_to(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+def pad_2d(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """`x` zero-padded at the bottom and right to (rows, cols); `x` itself when it already has that shape."""
     if x.shape == (rows, cols):
         return x
     out = x.new_zeros(rows, cols)
@@ -118,7 +119,8 @@ def _pad_to(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return out
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n."""
     return -(-n // multiple) * multiple
 
 
@@ -127,7 +129,7 @@ def int_mm_shape(m: int, k: int, n: int, device_type: str) -> tuple[int, int, in
     17 and K, N to multiples of 8 (zero padding leaves the product unchanged); the CPU takes any shape."""
     if device_type != "cuda":
         return m, k, n
-    return max(m, INT_MM_MIN_ROWS), _round_up(max(k, 1), INT_MM_MULTIPLE), _round_up(max(n, 1), INT_MM_MULTIPLE)
+    return max(m, INT_MM_MIN_ROWS), round_up(max(k, 1), INT_MM_MULTIPLE), round_up(max(n, 1), INT_MM_MULTIPLE)
 
 
 def int_mm(a: torch.Tensor, w: torch.Tensor, pad: bool = True) -> torch.Tensor:
@@ -145,8 +147,8 @@ def int_mm(a: torch.Tensor, w: torch.Tensor, pad: bool = True) -> torch.Tensor:
                 f"torch._int_mm on {a.device.type} needs M > 16 and K, N multiples of 8; got M={m}, K={k}, N={n} "
                 "(pass pad=True to pad with zeros)"
             )
-        a = _pad_to(a, rows, inner)
-        w = _pad_to(w, cols, inner)
+        a = pad_2d(a, rows, inner)
+        w = pad_2d(w, cols, inner)
     out = torch._int_mm(a.contiguous(), w.contiguous().T)
     return out[:m, :n] if (rows, cols) != (m, n) else out
 
