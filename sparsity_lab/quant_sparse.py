@@ -294,10 +294,11 @@ METHODS = ("dense", "2:4", "int8", "int8 + 2:4")
 
 
 def accuracy_table(model: str = "mlp", seed: int = 0, epochs: int = 20, finetune_epochs: int = 5,
-                   hidden: int = 128, progress: bool = False) -> list[dict[str, Any]]:
+                   hidden: int = 128, progress: bool = False, base: nn.Module | None = None) -> list[dict[str, Any]]:
     """Test accuracy of dense, 2:4, int8 and int8 + 2:4 digits models, one-shot and after fine-tuning.
 
-    One model is trained (`epochs`); "one_shot" applies 2:4 masks and/or int8 dynamic quantization to it directly.
+    One model is trained (`epochs`), or `base` (a trained model of kind `model`, left untouched) is used;
+    "one_shot" applies 2:4 masks and/or int8 dynamic quantization to it directly.
     "finetuned" trains `finetune_epochs` more: the dense model (a control, same extra epochs) and the 2:4-masked
     model (masks held fixed); int8 is then applied post-training to each. For the CNN only its linear layers are
     pruned and quantized (the convolutions stay float).
@@ -311,9 +312,11 @@ def accuracy_table(model: str = "mlp", seed: int = 0, epochs: int = 20, finetune
     if model not in ("mlp", "cnn"):
         raise ValueError(f"model must be 'mlp' or 'cnn', got {model!r}")
     data = load_digits(images=model == "cnn")
-    torch.manual_seed(seed)
-    base = DigitsMLP(hidden=hidden) if model == "mlp" else DigitsCNN()
-    fit(base, data, epochs=epochs, seed=seed, progress=progress)
+    if base is None:
+        torch.manual_seed(seed)
+        base = DigitsMLP(hidden=hidden) if model == "mlp" else DigitsCNN()
+        fit(base, data, epochs=epochs, seed=seed, progress=progress)
+    base = deepcopy(base).eval()
 
     def acc(m: nn.Module) -> float:
         return evaluate(m, data.x_test, data.y_test)[1]

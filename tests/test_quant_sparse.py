@@ -149,6 +149,20 @@ def test_accuracy_table_has_every_method_and_sane_numbers(table):
     assert acc["2:4"]["finetuned"] >= acc["2:4"]["one_shot"] - 0.01, "fine-tuning with masks should not hurt"
 
 
+def test_accuracy_table_starts_from_a_given_model_without_changing_it(table):
+    from sparsity_lab.data import load_digits
+    from sparsity_lab.models import DigitsMLP
+    from sparsity_lab.train import fit
+
+    torch.manual_seed(0)
+    base = DigitsMLP(hidden=64)
+    fit(base, load_digits(), epochs=8, seed=0, progress=False)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    rows = qs.accuracy_table(epochs=8, finetune_epochs=2, hidden=64, base=base)
+    assert rows == table, "the same trained model gives the same table"
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+
+
 def test_accuracy_table_rejects_unknown_models():
     with pytest.raises(ValueError, match="mlp"):
         qs.accuracy_table(model="resnet")
