@@ -30,7 +30,7 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_q
         cols = start + offs
         v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(v))
-    scale = tl.max(amax, axis=0) / 127.0
+    scale = tl.div_rn(tl.max(amax, axis=0), 127.0)  # IEEE division, as torch: `/` on GPUs is approximate
     safe = tl.where(scale > 0.0, scale, 1.0)
     tl.store(s_ptr + row, scale)
     for start in range(0, K, BLOCK_K):
