@@ -1,5 +1,5 @@
-"""Build lectures/04_gpu_structure.ipynb and lectures/05_semi_structured_gpu.ipynb (the GPU half of lecture 05)
-from the cells below; then execute them with
+"""Build lectures/04_gpu_structure.ipynb, and the GPU half of lectures/05_semi_structured.ipynb (everything from its
+"## Part 2" heading on; the CPU half before it is kept as it is), from the cells below; then execute them with
 ``PYTHONPATH=$PWD jupyter nbconvert --to notebook --execute --inplace lectures/0X_*.ipynb``."""
 
 from __future__ import annotations
@@ -347,6 +347,18 @@ def build(cells: list, path: Path) -> None:
     print("wrote", path)
 
 
+PART_2 = "## Part 2"
+
+
+def replace_gpu_half(cells: list, path: Path) -> None:
+    """Keep the notebook's cells before its "## Part 2" heading and put `cells` after them."""
+    notebook = nbformat.read(path, as_version=4)
+    starts = [i for i, c in enumerate(notebook.cells) if c.cell_type == "markdown" and c.source.startswith(PART_2)]
+    notebook.cells = notebook.cells[: starts[0] if starts else len(notebook.cells)] + cells
+    nbformat.write(notebook, path)
+    print("wrote", path)
+
+
 if __name__ == "__main__":
     build(LECTURE_04, ROOT / "lectures" / "04_gpu_structure.ipynb")
-    build(LECTURE_05_GPU, ROOT / "lectures" / "05_semi_structured_gpu.ipynb")
+    replace_gpu_half(LECTURE_05_GPU, ROOT / "lectures" / "05_semi_structured.ipynb")

@@ -30,11 +30,13 @@ NO_TRITON = 'not installed (pip install "sparsity_lab[gpu]")'
 
 
 def find_cusparselt_library() -> Path | None:
-    """Where the `nvidia-cusparselt` wheel put libcusparseLt.so.0, or None."""
+    """Where the `nvidia-cusparselt` wheel put libcusparseLt.so.0 (`nvidia/cusparselt/lib` up to 0.8,
+    `nvidia/cu13/lib` from 0.10 on), or None."""
     spec = importlib.util.find_spec("nvidia")
     for root in (spec.submodule_search_locations or []) if spec else []:
-        for candidate in sorted(Path(root).glob("cusparselt*/lib/libcusparseLt.so*")):
-            return candidate
+        for pattern in ("cusparselt*/lib/libcusparseLt.so*", "cu1*/lib/libcusparseLt.so*"):
+            for candidate in sorted(Path(root).glob(pattern)):
+                return candidate
     return None
 
 

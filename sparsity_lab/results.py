@@ -54,7 +54,12 @@ def cusparselt_version() -> str | None:
     raw = backend.version()
     if raw is None:
         return None
-    return f"{raw // 100}.{raw % 100 // 10}.{raw % 10}" if raw >= 100 else str(raw)
+    return format_cusparselt_version(int(raw))
+
+
+def format_cusparselt_version(raw: int) -> str:
+    """cusparseLt.h's CUSPARSELT_VERSION (major * 1000000 + minor * 100 + patch) as "major.minor.patch"."""
+    return f"{raw // 1_000_000}.{raw % 1_000_000 // 100}.{raw % 100}"
 
 
 def record_environment(device: torch.device | str | None = None) -> dict[str, Any]:

@@ -67,3 +67,13 @@ def test_bench_rejects_unknown_name(capsys):
 def test_grade_rejects_unknown_exercise():
     with pytest.raises(ValueError, match="known exercises"):
         cli.main(["grade", "ex99"])
+
+
+@pytest.mark.parametrize("folder", ["cusparselt/lib", "cu13/lib"])
+def test_cusparselt_library_is_found_where_either_wheel_layout_puts_it(tmp_path, monkeypatch, folder):
+    library = tmp_path / "nvidia" / folder / "libcusparseLt.so.0"
+    library.parent.mkdir(parents=True)
+    library.touch()
+    spec = type("Spec", (), {"submodule_search_locations": [str(tmp_path / "nvidia")]})()
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: spec if name == "nvidia" else None)
+    assert doctor.find_cusparselt_library() == library

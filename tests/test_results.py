@@ -51,3 +51,8 @@ def test_unknown_name_lists_recorded_files():
 def test_every_shipped_results_file_is_valid(name):
     loaded = results.load_results(name)
     assert json.dumps(loaded.to_json())
+
+
+@pytest.mark.parametrize(("raw", "text"), [(800, "0.8.0"), (602, "0.6.2"), (1000, "0.10.0"), (1000203, "1.2.3")])
+def test_cusparselt_version_decodes_the_header_formula(raw, text):
+    assert results.format_cusparselt_version(raw) == text
