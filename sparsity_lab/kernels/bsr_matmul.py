@@ -155,27 +155,32 @@ def _set_tma_block_shapes(nargs: dict) -> None:
     nargs["w_desc"].block_shape = [bs, bs]
 
 
-def _configs(pre_hook=None, stages_options: tuple[int, ...] = (2, 3, 4)) -> list[triton.Config]:
-    """Candidate tilings: token tile, blocks per loop step, warps and pipeline depth."""
+def _configs(pre_hook=None, stages_options: tuple[int, ...] = (2, 4)) -> list[triton.Config]:
+    """Candidate tilings: token tile, blocks per loop step, warps, pipeline depth, and launch grouping: 8 token
+    tiles per group, or as many as make 512 tokens (a smaller slice of x in L2 while a group sweeps the block-rows;
+    measured 8% faster at BLOCK_M 256, block 64 / 90%, scripts/NOTES_block_sparse.md)."""
     configs = []
     for block_m in (64, 128, 256):
-        for per_step in (1, 2, 4):
-            for warps in (4, 8):
-                for stages in stages_options:
-                    configs.append(triton.Config({"BLOCK_M": block_m, "BLOCKS_PER_STEP": per_step, "GROUP_M": 8},
-                                                 num_warps=warps, num_stages=stages, pre_hook=pre_hook))
+        for group_m in sorted({8, max(1, 512 // block_m)}):
+            for per_step in (1, 2, 4):
+                for warps in (4, 8):
+                    for stages in stages_options:
+                        configs.append(triton.Config({"BLOCK_M": block_m, "BLOCKS_PER_STEP": per_step,
+                                                      "GROUP_M": group_m},
+                                                     num_warps=warps, num_stages=stages, pre_hook=pre_hook))
     return configs
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the tilings that fit this block size: a loop step of 64..128 input features (one block from 64 up),
+    """Keep the tilings that fit this block size: a loop step of 64 input features below block 64 (128 never won in
+    the recorded heatmap) and one block from 64 up,
     4 warps for accumulator tiles up to 8192 entries and 8 from 8192 up, shared memory within 200 KB."""
     bs = kwargs.get("BS", named_args.get("BS"))
     kept = []
     for c in configs:
         block_m, per_step = c.kwargs["BLOCK_M"], c.kwargs["BLOCKS_PER_STEP"]
         step = per_step * bs
-        if step > 128 or (bs >= 64 and per_step > 1) or (bs < 64 and step < 64):
+        if (bs >= 64 and per_step > 1) or (bs < 64 and step != 64):
             continue
         acc_entries = block_m * bs
         if (c.num_warps == 8 and acc_entries < 8192) or (c.num_warps == 4 and acc_entries > 8192):
@@ -193,7 +198,7 @@ _autotuned = triton.autotune(
 )(_bsr_linear_kernel)
 
 _autotuned_tma = triton.autotune(
-    configs=_configs(pre_hook=_set_tma_block_shapes, stages_options=(2, 3, 4, 5)),
+    configs=_configs(pre_hook=_set_tma_block_shapes, stages_options=(2, 5)),
     key=["M_BUCKET", "NNZ_BUCKET", "N", "K", "BS"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_bsr_linear_tma_kernel)
@@ -340,182 +345,3 @@ def best_config(M: int, out_features: int, in_features: int, block_size: int, dt
             return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     return None
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Row-group variant: x reuse across block-rows. One program owns R consecutive block-rows and a token tile; it walks
-# the union of their block columns, loads each x slab once and does one dot per block present in that column.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _rowgroup_dot(acc, x, w_desc, umap_ptr, e, r: tl.constexpr, R: tl.constexpr, BS: tl.constexpr,
-                  INPUT_PRECISION: tl.constexpr, WIDEN: tl.constexpr):
-    """acc += x @ block^T when block-row r of the group has a block in union entry e (else acc unchanged)."""
-    idx = tl.load(umap_ptr + e * R + r)
-    if idx >= 0:
-        w = w_desc.load([idx * BS, 0])
-        if WIDEN:
-            w = w.to(tl.float32)
-        acc = tl.dot(x, w.T, acc, input_precision=INPUT_PRECISION)
-    return acc
-
-
-@triton.jit
-def _rowgroup_store(acc, y_desc, bias_ptr, N, m0, row, BS: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """y[m tile, block-row row] = acc (+ bias); TMA clips rows past M and columns past N."""
-    if HAS_BIAS:
-        offs_n = row * BS + tl.arange(0, BS)
-        bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)
-        acc = acc + bias[None, :].to(tl.float32)
-    y_desc.store([m0, row * BS], acc.to(y_desc.dtype))
-
-
-@triton.jit
-def _bsr_linear_rowgroup_kernel(
-    x_desc, y_desc, w_desc, bias_ptr, gptr_ptr, ucol_ptr, umap_ptr,
-    M, N, K, M_BUCKET, NNZ_BUCKET,
-    BS: tl.constexpr, BLOCK_M: tl.constexpr, R: tl.constexpr, GROUP_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, WIDEN: tl.constexpr = False,
-):
-    """y[m tile, R block-rows] = x[m tile] @ W[R block-rows]^T (+ bias), walking the union of the rows' columns."""
-    pid = tl.program_id(0)
-    n_tiles_m = tl.cdiv(M, BLOCK_M)
-    n_groups = tl.num_programs(0) // n_tiles_m
-    per_group = GROUP_M * n_groups
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(n_tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    g = (pid % per_group) // group_m
-    start = tl.load(gptr_ptr + g)
-    end = tl.load(gptr_ptr + g + 1)
-    m0 = pid_m * BLOCK_M
-
-    acc0 = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
-    for e in range(start, end):
-        col = tl.load(ucol_ptr + e)
-        x = x_desc.load([m0, col * BS])
-        if WIDEN:
-            x = x.to(tl.float32)
-        acc0 = _rowgroup_dot(acc0, x, w_desc, umap_ptr, e, 0, R, BS, INPUT_PRECISION, WIDEN)
-        acc1 = _rowgroup_dot(acc1, x, w_desc, umap_ptr, e, 1, R, BS, INPUT_PRECISION, WIDEN)
-        if R == 4:
-            acc2 = _rowgroup_dot(acc2, x, w_desc, umap_ptr, e, 2, R, BS, INPUT_PRECISION, WIDEN)
-            acc3 = _rowgroup_dot(acc3, x, w_desc, umap_ptr, e, 3, R, BS, INPUT_PRECISION, WIDEN)
-    _rowgroup_store(acc0, y_desc, bias_ptr, N, m0, g * R, BS, HAS_BIAS)
-    _rowgroup_store(acc1, y_desc, bias_ptr, N, m0, g * R + 1, BS, HAS_BIAS)
-    if R == 4:
-        _rowgroup_store(acc2, y_desc, bias_ptr, N, m0, g * R + 2, BS, HAS_BIAS)
-        _rowgroup_store(acc3, y_desc, bias_ptr, N, m0, g * R + 3, BS, HAS_BIAS)
-
-
-def row_groups(crow_indices: torch.Tensor, col_indices: torch.Tensor, n_block_cols: int, rows_per_group: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The union walk of groups of `rows_per_group` block-rows: (group pointers (G+1,), union columns (E,), block
-    index of each row per union entry (E, R), -1 where that row has no block). Built once per weight, on its device."""
-    R = rows_per_group
-    device = crow_indices.device
-    n_r = crow_indices.numel() - 1
-    n_g = -(-n_r // R)
-    counts = (crow_indices[1:] - crow_indices[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(n_r, device=device), counts)
-    idx = torch.full((n_g * R, max(n_block_cols, 1)), -1, dtype=torch.int32, device=device)
-    idx[rows, col_indices.long()] = torch.arange(col_indices.numel(), dtype=torch.int32, device=device)
-    idx = idx.view(n_g, R, -1).transpose(1, 2)  # (groups, columns, R)
-    present = (idx >= 0).any(-1)
-    gptr = torch.zeros(n_g + 1, dtype=torch.int32, device=device)
-    gptr[1:] = present.sum(1).cumsum(0)
-    ucol = present.nonzero()[:, 1].to(torch.int32)  # row-major: ascending columns within each group
-    return gptr, ucol, idx[present].contiguous()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Persistent variant: a fixed grid walks (token tile, block-row) work items, block-rows in order of decreasing nnz.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _bsr_linear_persistent_kernel(
-    x_desc, y_desc, w_desc, bias_ptr, crow_ptr, col_ptr, order_ptr,
-    M, N, K, n_rows,
-    BS: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, WIDEN: tl.constexpr = False,
-    FLATTEN: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False,
-):
-    """The TMA product, persistent: program p takes work items p, p + NUM_PROGS, ...; within a group of GROUP_M
-    token tiles the block-rows come heaviest first (order_ptr), so the last items are short."""
-    pid = tl.program_id(0)
-    n_tiles_m = tl.cdiv(M, BLOCK_M)
-    n_items = n_tiles_m * n_rows
-    per_group = GROUP_M * n_rows
-    for item in tl.range(pid, n_items, NUM_PROGS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
-        first_m = (item // per_group) * GROUP_M
-        group_m = tl.minimum(n_tiles_m - first_m, GROUP_M)
-        pid_m = first_m + (item % per_group) % group_m
-        row = tl.load(order_ptr + (item % per_group) // group_m)
-        start = tl.load(crow_ptr + row)
-        end = tl.load(crow_ptr + row + 1)
-        m0 = pid_m * BLOCK_M
-        acc = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
-        for i in range(start, end):
-            acc = _tma_block_product(acc, x_desc, w_desc, col_ptr, i, m0, BS, INPUT_PRECISION, WIDEN)
-        _rowgroup_store(acc, y_desc, bias_ptr, N, m0, row, BS, HAS_BIAS)
-
-
-def _descriptors(x: torch.Tensor, y: torch.Tensor, blocks: torch.Tensor, block_m: int, bs: int) -> tuple:
-    """Tensor descriptors for x tiles, y tiles and the stored blocks (a zero block stands in for an empty weight)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    stored = blocks if blocks.shape[0] else torch.zeros(1, bs, bs, dtype=blocks.dtype, device=blocks.device)
-    return (TensorDescriptor.from_tensor(x, [block_m, bs]), TensorDescriptor.from_tensor(y, [block_m, bs]),
-            TensorDescriptor.from_tensor(stored.view(-1, bs), [bs, bs]))
-
-
-def bsr_linear_rowgroup(x: torch.Tensor, groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                        blocks: torch.Tensor, out_features: int, bias: torch.Tensor | None, y: torch.Tensor,
-                        config: dict, precision: str = "ieee") -> torch.Tensor:
-    """Launch the row-group kernel with an explicit tiling {"BLOCK_M", "GROUP_M", "num_warps", "num_stages"};
-    `groups` comes from `row_groups` and fixes R."""
-    gptr, ucol, umap = groups
-    bs = int(blocks.shape[1])
-    M, K = x.shape
-    R = int(umap.shape[1])
-    if R not in (2, 4):
-        raise ValueError(f"rows per group must be 2 or 4, got {R}")
-    launch = dict(config)
-    block_m = launch["BLOCK_M"]
-    launch.setdefault("GROUP_M", 8)
-    descs = _descriptors(x, y, blocks.contiguous(), block_m, bs)
-    grid = ((gptr.numel() - 1) * triton.cdiv(M, block_m),)
-    _bsr_linear_rowgroup_kernel[grid](*descs, bias if bias is not None else blocks, gptr, ucol, umap,
-                                      M, out_features, K, 0, 0, BS=bs, R=R, HAS_BIAS=bias is not None,
-                                      INPUT_PRECISION=precision,
-                                      WIDEN=x.dtype == torch.bfloat16 and interpreted(), **launch)
-    return y
-
-
-def bsr_linear_persistent(x: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor,
-                          blocks: torch.Tensor, out_features: int, bias: torch.Tensor | None, y: torch.Tensor,
-                          config: dict, row_order: torch.Tensor, num_programs: int,
-                          precision: str = "ieee") -> torch.Tensor:
-    """Launch the persistent kernel with an explicit tiling {"BLOCK_M", "GROUP_M", "num_warps", "num_stages",
-    optional "FLATTEN", "WARP_SPECIALIZE"} on `num_programs` programs; `row_order` lists block-rows heaviest first."""
-    bs = int(blocks.shape[1])
-    M, K = x.shape
-    launch = dict(config)
-    block_m = launch["BLOCK_M"]
-    launch.setdefault("GROUP_M", 8)
-    descs = _descriptors(x, y, blocks.contiguous(), block_m, bs)
-    _bsr_linear_persistent_kernel[(num_programs,)](
-        *descs, bias if bias is not None else blocks, crow_indices, col_indices, row_order, M, out_features, K,
-        crow_indices.numel() - 1, BS=bs, NUM_PROGS=num_programs, HAS_BIAS=bias is not None,
-        INPUT_PRECISION=precision, WIDEN=x.dtype == torch.bfloat16 and interpreted(), **launch)
-    return y
-
-
-def rows_by_nnz(crow_indices: torch.Tensor) -> torch.Tensor:
-    """Block-rows sorted by stored blocks, most first (int32): the order the persistent kernel takes them in."""
-    counts = crow_indices[1:] - crow_indices[:-1]
-    return torch.sort(counts, descending=True, stable=True).indices.to(torch.int32)
