@@ -273,8 +273,9 @@ def bsr_linear(
     """`x @ W^T (+ bias)` for a BSR weight W of `out_features` rows, through the Triton kernel.
 
     `variant` is "tma" (tiles moved by tensor descriptors; used where `tma_supported`, else falls back),
-    "pointer" (plain masked loads, any GPU) or "auto": "tma" for blocks of 64 and 128, "pointer" for 16 and 32,
-    the faster one in most cells of the recorded H100 heatmap (`sparsity_lab/recorded/block_sparse_gpu.json`). `config`
+    "pointer" (plain masked loads, any GPU) or "auto": "tma" for blocks of 32 to 128, "pointer" for 16,
+    the faster one in 18 of the 20 cells of the recorded H100 heatmap (`sparsity_lab/recorded/block_sparse_gpu.json`;
+    the other two within 1.2%). `config`
     ({"BLOCK_M", "BLOCKS_PER_STEP", "num_warps", "num_stages", optional "GROUP_M"}) skips the autotuner (tests,
     the CPU interpreter); without it the tiling is autotuned per (token-count bucket, blocks-per-row bucket, N, K,
     block size, dtype). `input_precision` only matters for float32 inputs: "tf32" (default) or "ieee".
@@ -308,7 +309,7 @@ def bsr_linear(
     if config is not None:
         launch = dict(config)
         launch.setdefault("GROUP_M", 8)
-    wants_tma = variant == "tma" or (variant == "auto" and bs >= 64)
+    wants_tma = variant == "tma" or (variant == "auto" and bs >= 32)
     use_tma = wants_tma and tma_supported(x, out_features) and y.is_contiguous()
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
