@@ -126,7 +126,31 @@ print(f"correctness checks in that run: {ok}/{len(recorded.figures['correctness'
 moved per useful multiply-add grow as `1/bs`, while a dense GEMM reuses each tile of x across 128-256 outputs.
 Small blocks are therefore limited by the bandwidth from L2 to the multiprocessors, not by the tensor cores:
 16 x 16 blocks only pay off past 90% sparsity, and 64 x 64 blocks at 50% sparsity just about match dense.
-Larger blocks also waste less of each tensor-core instruction."""),
+Larger blocks also waste less of each tensor-core instruction.
+
+The cell below puts numbers on it for the three target cells. Bytes read from L2 = an **x term**,
+`stored blocks x tokens x bs x 2 B` (every stored block reads its slab of x once per token, whatever the tiling),
+plus a **W term**, `stored blocks x bs² x 2 B x tokens / BLOCK_M` (every block is read once per token tile).
+Dividing by the measured time gives the rate the kernel sustained; it is about the same, 7-8 TB/s, in every cell:
+the kernel runs at the L2 bandwidth, and only fewer bytes make it faster."""),
+    code("""size = recorded.figures["size"]
+print(f"{'block':>6} {'sparsity':>8} {'x term GB':>10} {'W term GB':>10} {'ours ms':>8} {'rate TB/s':>10} "
+      f"{'x term alone at that rate':>26} {'target needs':>13}")
+for t in recorded.figures["targets"]:
+    r = cells[(t["bs"], t["sparsity"])]
+    bs, tokens = r["bs"], size
+    nnz = r["density"] * (size // bs) ** 2
+    x_term = nnz * tokens * bs * 2
+    w_term = nnz * bs * bs * 2 * tokens / r["config"]["BLOCK_M"]
+    rate = (x_term + w_term) / (r["ours_ms"] * 1e-3)
+    print(f"{bs:>6} {t['sparsity']:>8.0%} {x_term / 1e9:>10.2f} {w_term / 1e9:>10.2f} {r['ours_ms']:>8.3f} "
+          f"{rate / 1e12:>10.1f} {x_term / rate * 1e3:>23.3f} ms {r['dense_ms'] / t['min_speedup']:>10.3f} ms")"""),
+    md("""At 64 x 64 / 50% the x term alone, at the rate the kernel sustains, takes longer than the whole 1.5x
+budget: no tiling of this design can reach it. Sharing x slabs between block-rows (a program owning two or four
+block-rows, walking the union of their columns) cuts the x term, but at 50% density the union of two rows'
+columns is already 75% of all columns, and in Triton the per-block branch that skips absent blocks stops the
+software pipelining: that kernel measured slower than dense. The measurements of every variant tried are in
+`scripts/NOTES_block_sparse.md`."""),
     md("""## 4. A layer that picks the faster path
 
 `BlockSparseLinear` stores the weight as BSR. With `backend="auto"` a dispatcher times the kernel's variants and

@@ -7,6 +7,6 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/tc}
 OUT=${OUT:-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
-python3 -m sparsity_lab bench block_sparse --out "$OUT/block_sparse_gpu.json" --budget 185 2>&1 | tee "$OUT/log.txt"
-timeout 75 python3 -m pytest -q -o addopts= -p no:cacheprovider -m gpu tests/test_bsr_kernel.py tests/test_block_sparse.py \
+python3 -m sparsity_lab bench block_sparse --out "$OUT/block_sparse_gpu.json" --budget 150 2>&1 | tee "$OUT/log.txt"
+timeout 60 python3 -m pytest -q -o addopts= -p no:cacheprovider -m gpu tests/test_bsr_kernel.py tests/test_block_sparse.py \
   2>&1 | tee "$OUT/pytest_gpu.txt" | tail -25

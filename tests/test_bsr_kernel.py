@@ -148,13 +148,16 @@ def test_unsupported_block_size_is_refused():
 
 
 def test_tuned_configs_fit_each_block_size():
-    """The autotuner's pruned search space is non-empty and respects the shared-memory and step limits."""
+    """The autotuner's pruned search space is non-empty, respects the shared-memory and step limits, and offers
+    both launch groupings (8 token tiles, and 512 tokens) for the large token tiles."""
     for bs in bsr_matmul.SUPPORTED_BLOCK_SIZES:
         kept = bsr_matmul._prune_configs(bsr_matmul._configs(), {}, BS=bs)
         assert kept, f"no config left for block size {bs}"
         for c in kept:
             step = c.kwargs["BLOCKS_PER_STEP"] * bs
-            assert step <= 128 and (c.kwargs["BLOCK_M"] + bs) * step * 2 * c.num_stages <= 200 * 1024
+            assert step == max(64, bs) and (c.kwargs["BLOCK_M"] + bs) * step * 2 * c.num_stages <= 200 * 1024
+        groups = {(c.kwargs["BLOCK_M"], c.kwargs["GROUP_M"]) for c in kept}
+        assert {(128, 8), (128, 4)} <= groups, f"block size {bs}: groupings {sorted(groups)}"
 
 
 @pytest.mark.gpu
