@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from sparsity_lab import quant_sparse as qs
+from sparsity_lab import semi24
 from sparsity_lab.quantization import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
 from sparsity_lab.results import RECORDED_DIR, save_results
 
@@ -36,7 +37,7 @@ GPU_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (4096, 4096, 14336), (4096
               (16384, 4096, 14336), (512, 4096, 4096)]
 CPU_SHAPES = [(48, 64, 32)]
 TARGETS = {(8192, 8192, 8192): 1.9, (4096, 4096, 4096): 1.3}
-SPARSE_BACKENDS = ("torch_cslt", "torch_cslt_t")
+SPARSE_BACKENDS = ("cusparselt", "torch_cslt", "torch_cslt_t")  # ours first; PyTorch's ops to compare
 LAYER_RTOL = 2e-3  # fp16 output rounding (2**-11 per entry) on top of exact integer arithmetic
 
 
@@ -162,7 +163,7 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
     weight = torch.randn(n, k, device=device, dtype=dtype, generator=gen)
-    weight = weight * qs.mask_2of4(weight)
+    weight = semi24.sparsify(weight)
     bias = torch.randn(n, device=device, dtype=dtype, generator=gen)
     q_w, s_w = quantize_per_channel(weight.float())
     q_x, s_x = quantize_per_token(x, check_finite=False)
@@ -297,6 +298,12 @@ def add_speedups(row: dict[str, Any]) -> None:
             for prefix, times in (("graph_", graph), ("b2b_", b2b)):
                 if dense_core in times and best in times:
                     speedup[prefix + label + "_vs_int8_dense"] = times[dense_core] / times[best]
+        # every exact sparse core on its own (ours and PyTorch's side by side), eager / back-to-back / graph
+        row["speedup_by_backend"] = {
+            key: {kind: times[dense_core] / times[key]
+                  for kind, times in (("eager", ms), ("b2b", b2b), ("graph", graph))
+                  if dense_core in times and key in times}
+            for key in exact_cores}
     sparse_layers = {key: t for key, t in ms.items() if key.startswith("int8_24_layer_")}
     int8_layers = {key: t for key, t in ms.items() if key.startswith("int8_dense_layer")}
     if sparse_layers:
