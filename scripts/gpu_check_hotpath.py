@@ -163,7 +163,7 @@ def shape_row(m, k, n, dtype=torch.float16):
     ws = Semi24Weight.from_dense(w)
     y = ws.linear(x)
     call = next(iter(ws._calls.values()))
-    out = torch.empty_strided(call.out_shape, call.out_stride, dtype=call.out_dtype, device="cuda")
+    out = call.like.new_empty_strided(call.out_shape, call.out_stride)
     xp, op = x.data_ptr(), out.data_ptr()
     stream = c._current_raw_stream(0)
     call.streams[0] = stream
@@ -186,7 +186,9 @@ def shape_row(m, k, n, dtype=torch.float16):
         row[f"{name}_eager_over_graph"] = row[f"{name}_loop_ms"] / row[f"{name}_graph_ms"]
     if m <= 128:
         row["empty_strided_host_us"] = host_us(lambda: torch.empty_strided(call.out_shape, call.out_stride,
-                                                                        dtype=call.out_dtype, device="cuda"))
+                                                                        dtype=call.like.dtype, device="cuda"))
+        row["new_empty_strided_host_us"] = host_us(lambda: call.like.new_empty_strided(call.out_shape,
+                                                                                       call.out_stride))
         row["raw_stream_host_us"] = host_us(lambda: c._current_raw_stream(0))
         row["torch_stream_host_us"] = host_us(lambda: torch.cuda.current_stream().cuda_stream)
     del y

@@ -528,7 +528,7 @@ class _Launch:
     output's shape, strides, dtype and device. The eager hot path only reads these attributes."""
 
     __slots__ = ("owner", "plan", "fn", "handle", "alpha", "alpha_ref", "beta_ref", "weight", "workspace",
-                 "streams", "sparse_a", "out_shape", "out_stride", "out_dtype", "device", "device_index",
+                 "streams", "sparse_a", "out_shape", "out_stride", "like", "device_index",
                  "contiguous", "late_bias")
 
     def __init__(self, plan: Plan, weight_ptr: int, out_shape: tuple[int, int], out_stride: tuple[int, int],
@@ -544,8 +544,9 @@ class _Launch:
         self.workspace = ctypes.c_void_p(plan._workspace_ptr)
         self.streams = (ctypes.c_void_p * 1)()
         self.sparse_a = plan.layout.sparse == "A"
-        self.out_shape, self.out_stride, self.out_dtype = out_shape, out_stride, out_dtype
-        self.device, self.device_index = device, plan.key.device
+        self.out_shape, self.out_stride = out_shape, out_stride
+        self.like = torch.empty(0, dtype=out_dtype, device=device)  # new_empty_strided parses fewer arguments
+        self.device_index = plan.key.device
         self.contiguous, self.late_bias = contiguous, late_bias
 
 
@@ -652,7 +653,7 @@ class Semi24Weight:
         With a ``D-row`` layout y is a transposed (column-major) view, as PyTorch's own 2:4 linear returns.
 
         The first call with a given signature (shape, strides, dtypes, device, bias, layout) checks everything
-        and builds a `_Launch`; later calls are one dict lookup, one ``torch.empty_strided`` and one ctypes call."""
+        and builds a `_Launch`; later calls are one dict lookup, one ``new_empty_strided`` and one ctypes call."""
         signature = (x.shape, x.stride(), x.dtype, x.get_device(), out_dtype, layout,
                      None if bias is None else bias.data_ptr())
         call = self._calls.get(signature)
@@ -660,7 +661,7 @@ class Semi24Weight:
             call = self._calls[signature] = self._prepare_call(x, bias, out_dtype, layout)
         if call.contiguous:
             x = x.contiguous()
-        out = torch.empty_strided(call.out_shape, call.out_stride, dtype=call.out_dtype, device=call.device)
+        out = call.like.new_empty_strided(call.out_shape, call.out_stride)  # dtype and device from the template
         call.streams[0] = _current_raw_stream(call.device_index)
         call.alpha.value = alpha
         out_ptr = out.data_ptr()

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from sparsity_lab import quant_sparse as qs
 from sparsity_lab import semi24
 from sparsity_lab.quantization import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
-from sparsity_lab.results import RECORDED_DIR, save_results
+from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
 
 NAME = "quant_sparse_gpu"
 GPU_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (4096, 4096, 14336), (4096, 14336, 4096),
@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     name = NAME if cuda else "quant_sparse_cpu"
     out = args.out or (RECORDED_DIR / f"{NAME}.json" if cuda else Path("quant_sparse_cpu.json"))
     started = time.perf_counter()
+    environment = record_environment(device)  # the device measured on (a --device cpu run on a GPU box says CPU)
     rows, graph_jobs = [], []
     for m, k, n in shapes:
         row, cores = run_shape(m, k, n, device, backends, args)
@@ -392,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         if cuda and not args.no_graphs:
             graph_jobs.append((row, cores))
         print(format_table([row]), flush=True)
-    save_results(name, figures_of(rows, shapes, backends, args, cuda, started), out)  # eager numbers are safe
+    save_results(name, figures_of(rows, shapes, backends, args, cuda, started), out, environment)  # eager: safe
     for row, cores in graph_jobs:  # graphs last: a capture that fails cannot spoil the eager numbers
         add_graph_timings(row, cores, args)
     del graph_jobs
     figures = figures_of(rows, shapes, backends, args, cuda, started)
-    path = save_results(name, figures, out)
+    path = save_results(name, figures, out, environment)
     if cuda and not args.no_graphs:
         print(format_table(rows))
     for verdict in figures["targets"]:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-ROUND_MAGIC = 12582912.0  # 1.5 * 2**23
+ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23; a constexpr, the only kind of global a kernel may read
 
 
 @triton.jit
