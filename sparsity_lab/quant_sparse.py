@@ -163,9 +163,9 @@ register_backend(SparseInt8Backend(
 
 # Our own binding (sparsity_lab.cusparselt): compressed once, its plan built and searched once per shape, then one
 # cusparseLtMatmul launch per call (int8 x int8 -> int32, exact). W is padded to multiples of 32 (the binding's
-# int8 rule; zero groups are valid 2:4 groups), x to a multiple of 8 tokens; y comes back as a column-major view.
+# int8 rule; zero groups are valid 2:4 groups), x to a multiple of 16 tokens; y comes back as a column-major view.
 BINDING_SPARSE_MULTIPLE = 32
-BINDING_TOKEN_MULTIPLE = 8
+BINDING_TOKEN_MULTIPLE = 16  # cuSPARSELt refuses int8 dense operands of 24 or 40 rows (measured on an H100)
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,9 @@ class SparseLinear(nn.Module):
         k, n, m = self.in_features, self.out_features, x.numel() // max(x.shape[-1], 1)
         if k % 64 or n % 64:
             return f"in_features={k} and out_features={n} must be multiples of 64 for the 2:4 kernels"
-        if m % 8:
-            return f"{m} tokens: the 2:4 path needs a multiple of 8"
+        tokens = 16 if x.dtype == torch.int8 else 8
+        if m % tokens:
+            return f"{m} tokens: the 2:4 path needs a multiple of {tokens} for {x.dtype}"
         return None
 
     def _pack(self) -> Callable:

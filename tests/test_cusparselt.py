@@ -77,6 +77,9 @@ def test_shape_rules_name_the_dimension():
         cslt.check_linear_shapes((16, 48), (64, 48), torch.int8)
     with pytest.raises(ValueError, match="tokens M = 17"):
         cslt.check_linear_shapes((17, 4096), (1024, 4096), torch.float16)
+    with pytest.raises(ValueError, match="tokens M = 24.*multiple of 16"):
+        cslt.check_linear_shapes((24, 64), (64, 64), torch.int8)
+    cslt.check_linear_shapes((24, 64), (64, 64), torch.float16)
 
 
 def test_missing_library_says_where_it_looked_and_how_to_install(monkeypatch, tmp_path):

@@ -364,7 +364,7 @@ class _FakeSemi24Weight:
     def from_dense(cls, dense):
         from sparsity_lab.cusparselt import check_linear_shapes
 
-        check_linear_shapes((8, dense.shape[1]), tuple(dense.shape), dense.dtype)
+        check_linear_shapes((16, dense.shape[1]), tuple(dense.shape), dense.dtype)
         qs.check_2of4(dense)
         return cls(dense)
 
