@@ -18,8 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-ROUND_MAGIC = 12582912.0  # 1.5 * 2**23, written as a literal inside the kernel (Triton 3.6 refuses plain globals)
-
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, BLOCK_K: tl.constexpr):
@@ -40,7 +38,7 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_q
         cols = start + offs
         v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
         r = tl.div_rn(v, safe)
-        r = (r + 12582912.0) - 12582912.0  # ROUND_MAGIC
+        r = (r + 12582912.0) - 12582912.0  # 1.5 * 2**23: a literal, as Triton 3.6 kernels may not read globals
         r = tl.minimum(tl.maximum(r, -127.0), 127.0)
         tl.store(q_ptr + row * stride_qm + cols, r.to(tl.int8), mask=cols < K)
         start += BLOCK_K
