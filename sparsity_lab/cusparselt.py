@@ -13,7 +13,12 @@ is done once:
    final plan and its workspace. The plan is cached under a `PlanKey` (shapes, dtypes, layout, bias) and
    shared by every weight of that shape.
 3. Every later call is one ``cusparseLtMatmul`` launch on torch's current stream, so it also records into a
-   CUDA graph.
+   CUDA graph. The eager hot path (`Semi24Weight.linear` after the first call of a signature) is one dict lookup,
+   one ``new_empty_strided`` for y and one ctypes call whose arguments are pre-built (`_Launch`); the stream comes
+   from ``torch._C._cuda_getCurrentRawStream`` (0.1 us against 7-9 us for ``current_stream().cuda_stream``,
+   measured on the H100 host). That call alone costs ~13 us of host time there (cuSPARSELt's own launch code),
+   so a decode-size matmul (~10 us kernel) stays host-bound in eager mode; `sparsity_lab.sparse_linear.capture`
+   replays such steps from a CUDA graph.
 
 The transpose trick: ``nn.Linear`` computes y = x Wᵀ with x (M, K) and W (N, K), while cuSPARSELt wants the
 structured operand first. We compute D = W · xᵀ (N x M): xᵀ is x itself read with opB = TRANSPOSE (no copy).
@@ -297,8 +302,10 @@ def check_linear_shapes(x_shape: tuple[int, ...], weight_shape: tuple[int, int],
     for name, size in (("in_features K", k), ("out_features N", n)):
         if size % multiple:
             raise ValueError(f"{name} = {size}; cuSPARSELt needs a multiple of {multiple} for {dtype}")
-    if x_shape[0] % 8:
-        raise ValueError(f"tokens M = {x_shape[0]}; this binding needs a multiple of 8 (pad the batch)")
+    tokens = 16 if dtype == torch.int8 else 8  # cuSPARSELt's dense-operand rule (int8 measured: 24 is refused)
+    if x_shape[0] % tokens:
+        raise ValueError(f"tokens M = {x_shape[0]}; cuSPARSELt needs a multiple of {tokens} for {dtype} "
+                         "(pad the batch)")
 
 
 # -------------------------------------------------------------------------------------------------- plans
@@ -477,7 +484,7 @@ class Plan:
     def launch(self, weight_ptr: int, x: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> None:
         """Enqueue one cusparseLtMatmul on torch's current stream: out = alpha · x Wᵀ (+ bias), W at `weight_ptr`."""
         a_ptr, b_ptr = self._operands(weight_ptr, x)
-        self.launch_raw(a_ptr, b_ptr, out.data_ptr(), alpha, torch.cuda.current_stream(x.device).cuda_stream)
+        self.launch_raw(a_ptr, b_ptr, out.data_ptr(), alpha, _current_raw_stream(self.key.device))
 
     def launch_raw(self, a_ptr: int, b_ptr: int, out_ptr: int, alpha: float, stream: int) -> None:
         """The launch with everything already as integers: the eager hot path (a few microseconds of host time)."""
@@ -511,6 +518,45 @@ def cached_plans() -> dict[PlanKey, AlgChoice]:
     return {key: plan.choice for key, plan in _PLANS.items()}
 
 
+def _stream_getter():
+    """torch's raw current-stream getter (an int; a cheap C call), or a slower fallback on builds without it."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return raw
+    return lambda index: torch.cuda.current_stream(index).cuda_stream
+
+
+_current_raw_stream = _stream_getter()
+
+
+class _Launch:
+    """Everything one call signature of `Semi24Weight.linear` needs, pre-built: the plan's ctypes arguments as
+    ready objects (handle, plan, alpha/beta references, weight and workspace pointers, the stream slot), and the
+    output's shape, strides, dtype and device. The eager hot path only reads these attributes."""
+
+    __slots__ = ("owner", "plan", "fn", "handle", "alpha", "alpha_ref", "beta_ref", "weight", "workspace",
+                 "streams", "sparse_a", "out_shape", "out_stride", "like", "device_index",
+                 "contiguous", "late_bias")
+
+    def __init__(self, plan: Plan, weight_ptr: int, out_shape: tuple[int, int], out_stride: tuple[int, int],
+                 out_dtype: torch.dtype, device: torch.device, contiguous: bool,
+                 late_bias: torch.Tensor | None) -> None:
+        self.owner = plan  # keeps the plan (and its workspace) alive even after `clear_plans`
+        self.plan = plan.plan.ptr
+        self.fn = plan._lib.cusparseLtMatmul
+        self.handle = plan._handle.ptr
+        self.alpha = ctypes.c_float(1.0)
+        self.alpha_ref, self.beta_ref = ctypes.byref(self.alpha), plan._beta_ref
+        self.weight = ctypes.c_void_p(weight_ptr)
+        self.workspace = ctypes.c_void_p(plan._workspace_ptr)
+        self.streams = (ctypes.c_void_p * 1)()
+        self.sparse_a = plan.layout.sparse == "A"
+        self.out_shape, self.out_stride = out_shape, out_stride
+        self.like = torch.empty(0, dtype=out_dtype, device=device)  # new_empty_strided parses fewer arguments
+        self.device_index = plan.key.device
+        self.contiguous, self.late_bias = contiguous, late_bias
+
+
 # -------------------------------------------------------------------------------------------------- weight
 class Semi24Weight:
     """A 2:4 weight W (N, K) compressed by cuSPARSELt as operand `role` ("A" or "B" of its matmul); matmul
@@ -536,7 +582,7 @@ class Semi24Weight:
                                                           CUDA_DTYPES[dtype], ORDER_ROW, SPARSITY_50),
               f"cusparseLtStructuredDescriptorInit(W {n}x{k} {dtype})")
         self.compressed = torch.empty(0, dtype=torch.uint8, device=device)
-        self._calls: dict[tuple, tuple] = {}  # per call signature: everything `linear` needs, checked once
+        self._calls: dict[tuple, _Launch] = {}  # per call signature: everything `linear` needs, checked once
 
     @property
     def _operand(self) -> tuple[int, int]:
@@ -549,7 +595,7 @@ class Semi24Weight:
         when `prune=True`: the two largest |w| of each group of four are kept) for `layout`'s operand role."""
         if dense.dim() != 2:
             raise ValueError(f"dense must be 2-D (out_features, in_features), got shape {tuple(dense.shape)}")
-        check_linear_shapes((8, dense.shape[1]), tuple(dense.shape), dense.dtype)
+        check_linear_shapes((16, dense.shape[1]), tuple(dense.shape), dense.dtype)
         dense = dense.contiguous()
         weight = cls(tuple(dense.shape), dense.dtype, dense.device, role=choose_layout(layout).sparse)
         lib, h = weight.lib, weight.handle
@@ -613,31 +659,32 @@ class Semi24Weight:
         plan for M exists. int8 weights take int8 x and write int32 (default), int8, float16 or bfloat16.
         With a ``D-row`` layout y is a transposed (column-major) view, as PyTorch's own 2:4 linear returns.
 
-        The first call with a given signature (shape, strides, dtypes, bias, layout) checks everything and
-        builds the plan; later calls only allocate the output and launch."""
-        signature = (x.shape, x.stride(), x.dtype, x.device, out_dtype, None if bias is None else bias.data_ptr(),
-                     layout)
+        The first call with a given signature (shape, strides, dtypes, device, bias, layout) checks everything
+        and builds a `_Launch`; later calls are one dict lookup, one ``new_empty_strided`` and one ctypes call."""
+        signature = (x.shape, x.stride(), x.dtype, x.get_device(), out_dtype, layout,
+                     None if bias is None else bias.data_ptr())
         call = self._calls.get(signature)
         if call is None:
-            call = self._prepare_call(x, bias, out_dtype, layout)
-            self._calls[signature] = call
-        plan, out_shape, out_dtype, transposed, late_bias, contiguous, device_index = call
-        if contiguous:
+            call = self._calls[signature] = self._prepare_call(x, bias, out_dtype, layout)
+        if call.contiguous:
             x = x.contiguous()
-        out = torch.empty(out_shape, dtype=out_dtype, device=x.device)
-        stream = torch._C._cuda_getCurrentRawStream(device_index)
-        if plan.layout.sparse == "A":
-            plan.launch_raw(self._weight_ptr, x.data_ptr(), out.data_ptr(), alpha, stream)
+        out = call.like.new_empty_strided(call.out_shape, call.out_stride)  # dtype and device from the template
+        call.streams[0] = _current_raw_stream(call.device_index)
+        call.alpha.value = alpha
+        out_ptr = out.data_ptr()
+        if call.sparse_a:
+            status = call.fn(call.handle, call.plan, call.alpha_ref, call.weight, x.data_ptr(), call.beta_ref,
+                             out_ptr, out_ptr, call.workspace, call.streams, 1)
         else:
-            plan.launch_raw(x.data_ptr(), self._weight_ptr, out.data_ptr(), alpha, stream)
-        if transposed:
-            out = out.t()
-        return out if late_bias is None else out.add_(late_bias)
+            status = call.fn(call.handle, call.plan, call.alpha_ref, x.data_ptr(), call.weight, call.beta_ref,
+                             out_ptr, out_ptr, call.workspace, call.streams, 1)
+        if status:
+            check(status, "cusparseLtMatmul")
+        return out if call.late_bias is None else out.add_(call.late_bias)
 
     def _prepare_call(self, x: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
-                      layout: str | None) -> tuple:
-        """Check one call signature and build its plan: (plan, out shape, out dtype, transposed, bias to add
-        afterwards, needs contiguous x, device index)."""
+                      layout: str | None) -> _Launch:
+        """Check one call signature, build (or find) its plan and return the `_Launch` later calls reuse."""
         if x.dtype != self.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the weight is {self.dtype}")
         if x.device != self.compressed.device:
@@ -660,6 +707,7 @@ class Semi24Weight:
             bias, late_bias = None, bias
         plan = self.plan_for(x.contiguous() if contiguous else x, out_dtype, bias, chosen.name)
         m, n = x.shape[0], self.shape[0]
-        out_shape = (n, m) if chosen.out_transposed else (m, n)
-        self._weight_ptr = self.compressed.data_ptr()
-        return (plan, out_shape, out_dtype, chosen.out_transposed, late_bias, contiguous, plan.key.device)
+        # y (M, N) allocated directly as the view the kernel writes: column-major for the D-row layout (yᵀ)
+        out_stride = (1, m) if chosen.out_transposed else (n, 1)
+        return _Launch(plan, self.compressed.data_ptr(), (m, n), out_stride, out_dtype, x.device, contiguous,
+                       late_bias)

@@ -8,16 +8,17 @@ cores issue twice the int8 rate. `Int8Linear` is dense dynamic quantization (`sp
 The seam: every 2:4 int8 matmul goes through a `SparseInt8Backend` from `BACKENDS`:
 
 - ``"reference"``: the exact int64 product of the (zero-filled) 2:4 int8 weight; any device, the CPU path;
+- ``"cusparselt"`` (the GPU default, `DEFAULT_GPU_BACKEND`): our own binding (`sparsity_lab.cusparselt`), which
+  compresses once and caches the cuSPARSELt plan per shape, so an eager call is one kernel launch;
 - ``"torch_cslt"``: PyTorch's own cuSPARSELt ops (`torch._cslt_compress`, `torch._cslt_sparse_mm` with
-  ``out_dtype=torch.int32``), which plan the matmul again on every call;
+  ``out_dtype=torch.int32``), which plan the matmul again on every call (the comparison);
 - ``"torch_cslt_t"``: the same asking cuSPARSELt for the (M, N) layout directly (``transpose_result=True``).
 
-PLUG-IN POINT for our own cuSPARSELt binding (sparsity_lab/cusparselt.py, which caches plans per shape): register
-it with ``register_backend(SparseInt8Backend("cusparselt", compress=..., matmul=..., available=...))`` where
-``compress(q_w)`` takes the int8 2:4 weight (N, K) and returns any handle, and ``matmul(handle, q_x)`` takes int8
-activations (M, K) and returns the exact int32 product (M, N); then set ``DEFAULT_GPU_BACKEND = "cusparselt"``.
-Nothing else here changes: scales and bias are applied to the int32 result by `sparsity_lab.quantization.rescale`
-(or, with ``fused=True``, by the Triton kernel in `sparsity_lab.kernels.int8_quant`).
+Another backend plugs in with ``register_backend(SparseInt8Backend(name, compress, matmul, available))``:
+``compress(q_w)`` takes the int8 2:4 weight (N, K) and returns any handle, ``matmul(handle, q_x)`` takes int8
+activations (M, K) and returns the exact int32 product (M, N). Scales and bias are applied to the int32 result by
+`sparsity_lab.quantization.rescale` (or, with ``fused=True``, by the Triton kernel in
+`sparsity_lab.kernels.int8_quant`). The 2:4 masks are `sparsity_lab.semi24`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsity_lab import semi24
 from sparsity_lab.prune import apply_mask
 from sparsity_lab.quantization import (
     dequantize,
@@ -43,34 +45,28 @@ from sparsity_lab.quantization import (
     round_up,
 )
 
-DEFAULT_GPU_BACKEND = "torch_cslt"
-
 # ------------------------------------------------------------------------------------------------ 2:4 masks
 
 
-def mask_2of4(weight: torch.Tensor) -> torch.Tensor:
-    """Boolean 2:4 mask: in every group of 4 consecutive inputs of a row keep the 2 largest |w| (ties: lower index)."""
+def _check_2d_groups(weight: torch.Tensor, name: str) -> None:
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        raise ValueError(f"{name} must be 2-D (out, in), got shape {tuple(weight.shape)}")
     if weight.shape[1] % 4:
-        raise ValueError(f"2:4 needs in_features divisible by 4, got weight of shape {tuple(weight.shape)}")
-    groups = weight.detach().abs().reshape(-1, 4).to(torch.float32)
-    # a stable descending sort keeps the earlier of two equal magnitudes
-    order = torch.sort(-groups, dim=1, stable=True).indices[:, :2]
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
-    return mask.reshape(weight.shape)
+        raise ValueError(f"2:4 needs in_features divisible by 4, got {name} of shape {tuple(weight.shape)}")
+
+
+def mask_2of4(weight: torch.Tensor) -> torch.Tensor:
+    """Boolean 2:4 mask: in every group of 4 consecutive inputs of a row keep the 2 largest |w| (ties: lower index);
+    `sparsity_lab.semi24.prune` with the (out, in) shape checked."""
+    _check_2d_groups(weight, "weight")
+    return semi24.prune(weight.detach(), "2:4")
 
 
 def check_2of4(weight: torch.Tensor, name: str = "weight") -> None:
-    """Raise ValueError naming the first group of 4 (row, columns) that has more than 2 nonzeros."""
-    if weight.dim() != 2 or weight.shape[1] % 4:
-        raise ValueError(f"{name} must be 2-D with a multiple of 4 columns for 2:4, got shape {tuple(weight.shape)}")
-    counts = (weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1)
-    bad = (counts > 2).nonzero()
-    if bad.numel():
-        row, group = bad[0].tolist()
-        raise ValueError(f"{name} is not 2:4: row {row}, columns {4 * group}..{4 * group + 3} hold "
-                         f"{int(counts[row, group])} nonzeros")
+    """Raise ValueError naming the first group of 4 (row, columns) that has more than 2 nonzeros
+    (`sparsity_lab.semi24.check_pattern`)."""
+    _check_2d_groups(weight, name)
+    semi24.check_pattern(weight, "2:4", name)
 
 
 def prune_2of4(model: nn.Module) -> list[str]:
@@ -165,6 +161,58 @@ register_backend(SparseInt8Backend(
     "torch_cslt_t", _cslt_compress, lambda w, x: _cslt_matmul(w, x, transpose_result=True), _cslt_available))
 
 
+# Our own binding (sparsity_lab.cusparselt): compressed once, its plan built and searched once per shape, then one
+# cusparseLtMatmul launch per call (int8 x int8 -> int32, exact). W is padded to multiples of 32 (the binding's
+# int8 rule; zero groups are valid 2:4 groups), x to a multiple of 16 tokens; y comes back as a column-major view.
+BINDING_SPARSE_MULTIPLE = 32
+BINDING_TOKEN_MULTIPLE = 16  # cuSPARSELt refuses int8 dense operands of 24 or 40 rows (measured on an H100)
+
+
+@dataclass(frozen=True)
+class _BindingWeight:
+    weight: Any  # sparsity_lab.cusparselt.Semi24Weight
+    n: int
+    k: int
+    k_pad: int
+
+
+def _binding_available() -> bool:
+    from sparsity_lab import cusparselt
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        cusparselt.load_library()
+    except cusparselt.CusparseLtError:
+        return False
+    return True
+
+
+def _binding_compress(q_w: torch.Tensor) -> _BindingWeight:
+    from sparsity_lab import cusparselt
+
+    check_2of4(q_w, "q_w")
+    n, k = q_w.shape
+    k_pad = round_up(k, BINDING_SPARSE_MULTIPLE)
+    padded = pad_2d(q_w.contiguous(), round_up(n, BINDING_SPARSE_MULTIPLE), k_pad)
+    return _BindingWeight(cusparselt.Semi24Weight.from_dense(padded), n, k, k_pad)
+
+
+def _binding_matmul(weight: _BindingWeight, q_x: torch.Tensor) -> torch.Tensor:
+    m = q_x.shape[0]
+    if q_x.shape[1] != weight.k:
+        raise ValueError(f"q_x has {q_x.shape[1]} features but the weight expects {weight.k}")
+    m_pad = round_up(max(m, 1), BINDING_TOKEN_MULTIPLE)
+    if m_pad != m or weight.k_pad != weight.k or not q_x.is_contiguous():
+        q_x = pad_2d(q_x.contiguous(), m_pad, weight.k_pad)
+    out = weight.weight.linear(q_x, out_dtype=torch.int32)
+    return out if out.shape == (m, weight.n) else out[:m, : weight.n]
+
+
+register_backend(SparseInt8Backend("cusparselt", _binding_compress, _binding_matmul, _binding_available))
+DEFAULT_GPU_BACKEND = "cusparselt"
+
+
 def resolve_backend(name: str, device: torch.device) -> SparseInt8Backend:
     """'auto' -> DEFAULT_GPU_BACKEND on CUDA, 'reference' elsewhere; any name must be registered and available."""
     if name == "auto":
@@ -237,7 +285,8 @@ class Int8SparseLinear(Int8Linear):
         weight must already be 2:4 (else ValueError naming the group)."""
         weight = linear.weight.detach().float()
         if prune:
-            weight = weight * mask_2of4(weight)
+            _check_2d_groups(weight, "weight")
+            weight = semi24.sparsify(weight)
         else:
             check_2of4(weight)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, backend, fused)

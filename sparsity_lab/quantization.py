@@ -47,8 +47,21 @@ def _check_int8_2d(x: torch.Tensor, name: str) -> None:
 
 
 def row_scales(x: torch.Tensor) -> torch.Tensor:
-    """Per-row symmetric scale max|x[row]| / 127 in float32 (0 for an all-zero row)."""
-    return x.detach().abs().amax(dim=1).to(torch.float32) / QMAX
+    """Per-row symmetric scale max|x[row]| / 127 in float32 (0 for an all-zero row), correctly rounded on every
+    device: CUDA divides a tensor by a Python scalar as a * (1/b), one bit off at times, so divide by a 0-d tensor
+    on the same device (cached: no extra kernel or copy per call)."""
+    amax = x.detach().abs().amax(dim=1).to(torch.float32)
+    return amax / _qmax_on(amax.device)
+
+
+_QMAX_TENSORS: dict[torch.device, torch.Tensor] = {}
+
+
+def _qmax_on(device: torch.device) -> torch.Tensor:
+    divisor = _QMAX_TENSORS.get(device)
+    if divisor is None:
+        divisor = _QMAX_TENSORS[device] = torch.tensor(float(QMAX), device=device)
+    return divisor
 
 
 def quantize_rows(x: torch.Tensor, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

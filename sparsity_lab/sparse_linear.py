@@ -9,6 +9,10 @@
   (CUDA events, median), cached; a shape goes sparse only when it measured at least `margin` faster, so a
   swapped model is never slower than its dense self beyond timing noise. On the CPU, or for a dtype or shape the
   2:4 kernels cannot take, the layer runs dense with the pruned weight and says why (`SparseLinear.last_reason`).
+* `capture(model, example)` (`GraphedCall`) replays a model or layer from a CUDA graph at one input shape. Eager
+  decode steps are host-bound: on the H100 host one eager 2:4 call costs ~14-25 us of CPU time (of which ~13 us is
+  cuSPARSELt's own launch) against a ~10 us kernel at M = 16, K = N = 4096 -- and dense ``F.linear`` is
+  host-bound there too. Replaying from a graph removes that host work (scripts/notes/semi24_gpu_notes.md).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class SparseLinear(nn.Module):
         self._packed = None
         self._packed_for: tuple | None = None
         self._sparse_fn: Callable | None = None
-        self._routes: dict[tuple, bool] = {}  # (device, dtype, M, needs grad) -> run sparse?
+        self._routes: dict[tuple, tuple] = {}  # (shape, dtype, device, needs grad) -> (sparse call or None, W ptr)
         self.last_reason = "not run yet"
 
     @classmethod
@@ -135,8 +139,9 @@ class SparseLinear(nn.Module):
         k, n, m = self.in_features, self.out_features, x.numel() // max(x.shape[-1], 1)
         if k % 64 or n % 64:
             return f"in_features={k} and out_features={n} must be multiples of 64 for the 2:4 kernels"
-        if m % 8:
-            return f"{m} tokens: the 2:4 path needs a multiple of 8"
+        tokens = 16 if x.dtype == torch.int8 else 8
+        if m % tokens:
+            return f"{m} tokens: the 2:4 path needs a multiple of {tokens} for {x.dtype}"
         return None
 
     def _pack(self) -> Callable:
@@ -172,16 +177,72 @@ class SparseLinear(nn.Module):
         self.last_reason = decision.reason
         return decision.sparse
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _route_for(self, x: torch.Tensor, key: tuple) -> tuple:
+        """(sparse call or None for dense, weight pointer it was decided for), cached under `key`."""
         x2 = x.reshape(-1, self.in_features)
-        route_key = (x.device, x.dtype, x2.shape[0], x.requires_grad and torch.is_grad_enabled())
-        sparse = self._routes.get(route_key)
-        if sparse is None or (sparse and self._packed_for[2] != self.weight.data_ptr()):
-            sparse = self._route(x, x2)
-            self._routes[route_key] = sparse
-        if not sparse:
-            return F.linear(x, self.weight, self.bias)
-        return self._sparse_fn(x2, self.bias).reshape(*x.shape[:-1], self.out_features)
+        fn = None
+        if self._route(x, x2):
+            linear = self._sparse_fn
+            if x.dim() == 2:
+                fn = linear
+            else:
+                flat, out_shape = (x2.shape[0], self.in_features), (*x.shape[:-1], self.out_features)
+                fn = lambda x, bias: linear(x.reshape(flat), bias).reshape(out_shape)  # noqa: E731
+        route = self._routes[key] = (fn, self.weight.data_ptr())
+        return route
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the eager hot path: one dict lookup, then the 2:4 call (or F.linear); everything else is decided once
+        grad = x.requires_grad and torch.is_grad_enabled()
+        params = self._parameters
+        key = (x.shape, x.dtype, x.get_device(), grad)
+        route = self._routes.get(key)
+        if route is None or route[1] != params["weight"].data_ptr():
+            route = self._route_for(x, key)
+        fn = route[0]
+        if fn is None:
+            return F.linear(x, params["weight"], params.get("bias"))
+        return fn(x, params.get("bias"))
+
+
+class GraphedCall:
+    """A module (or function) of one input captured into a CUDA graph for a fixed input shape: calling it copies
+    the input into the graph's static input, replays the graph and returns the static output (overwritten by the
+    next call: clone it to keep it). For decode loops, where eager host work per launch (Python, PyTorch's
+    dispatcher, cuSPARSELt's own launch code: ~20-30 us per layer measured on an H100 host) outlasts a 10 us
+    kernel; a replay launches every captured kernel for a few microseconds of host time in all."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3) -> None:
+        """Run `fn` on `example` `warmup` times on a side stream (plans, dispatcher decisions and allocations are
+        made there, outside the capture), then capture one call."""
+        if not example.is_cuda:
+            raise ValueError(f"CUDA graphs need a CUDA input; example is on {example.device}")
+        self.fn = fn
+        self.static_input = example.detach().clone()
+        stream = torch.cuda.Stream(example.device)
+        stream.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(max(warmup, 1)):
+                fn(self.static_input)
+        torch.cuda.current_stream(example.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.static_output = fn(self.static_input)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.static_input.shape or x.dtype != self.static_input.dtype:
+            raise ValueError(f"this graph was captured for {tuple(self.static_input.shape)} "
+                             f"{self.static_input.dtype} inputs, got {tuple(x.shape)} {x.dtype}")
+        if x.data_ptr() != self.static_input.data_ptr():
+            self.static_input.copy_(x)
+        self.graph.replay()
+        return self.static_output
+
+
+def capture(module: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3) -> GraphedCall:
+    """`GraphedCall(module, example)`: a swapped model (or one layer) replayed from a CUDA graph at one input shape,
+    the practical route to kernel-speed decode steps (see `GraphedCall`)."""
+    return GraphedCall(module, example, warmup)
 
 
 def swap_linears(model: nn.Module, backend: str = "cusparselt", dispatcher: Dispatcher | None = DEFAULT_DISPATCHER,

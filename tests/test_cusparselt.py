@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -76,6 +77,9 @@ def test_shape_rules_name_the_dimension():
         cslt.check_linear_shapes((16, 48), (64, 48), torch.int8)
     with pytest.raises(ValueError, match="tokens M = 17"):
         cslt.check_linear_shapes((17, 4096), (1024, 4096), torch.float16)
+    with pytest.raises(ValueError, match="tokens M = 24.*multiple of 16"):
+        cslt.check_linear_shapes((24, 64), (64, 64), torch.int8)
+    cslt.check_linear_shapes((24, 64), (64, 64), torch.float16)
 
 
 def test_missing_library_says_where_it_looked_and_how_to_install(monkeypatch, tmp_path):
@@ -174,3 +178,58 @@ def test_cusparselt_pruning_and_its_check():
     weight = cslt.Semi24Weight.from_dense(torch.randn(256, 512, device="cuda", dtype=torch.float16), prune=True)
     assert weight.is_24(_pruned(256, 512, torch.float16))
     assert not weight.is_24(torch.randn(256, 512, device="cuda", dtype=torch.float16))
+
+
+class _FakePlan:
+    """What `_Launch` reads off a cuSPARSELt plan, with a Python stand-in for cusparseLtMatmul that records calls."""
+
+    def __init__(self, status: int = 0) -> None:
+        self.calls, self.status = [], status
+        self.plan, self._handle = cslt._Opaque(), cslt._Opaque()
+        self._beta_ref = ctypes.byref(ctypes.c_float(0.0))
+        self._workspace_ptr = 4096
+        self.layout = cslt.LAYOUTS[cslt.DEFAULT_LAYOUT]
+        self.key = types.SimpleNamespace(device=0)
+        self._lib = types.SimpleNamespace(cusparseLtMatmul=self._matmul)
+
+    def _matmul(self, *args):
+        self.calls.append(args)
+        return self.status
+
+
+def _fake_weight(monkeypatch, plan: _FakePlan, n: int = 64, k: int = 32) -> cslt.Semi24Weight:
+    weight = cslt.Semi24Weight.__new__(cslt.Semi24Weight)
+    weight.shape, weight.dtype, weight.role = (n, k), torch.float16, "A"
+    weight.compressed = torch.zeros(8, dtype=torch.uint8)
+    weight._calls = {}
+    built = []
+    monkeypatch.setattr(weight, "plan_for", lambda x, out_dtype, bias, layout: built.append(x.shape) or plan,
+                        raising=False)
+    monkeypatch.setattr(cslt, "_current_raw_stream", lambda index: 0xABC0 + index)
+    weight.built = built
+    return weight
+
+
+def test_eager_hot_path_is_one_library_call_with_prebuilt_arguments(monkeypatch):
+    plan = _FakePlan()
+    weight = _fake_weight(monkeypatch, plan)
+    x = torch.randn(16, 32, dtype=torch.float16)
+    y1, y2 = weight.linear(x), weight.linear(x, alpha=0.5)
+    assert weight.built == [(16, 32)], "the plan is looked up once per call signature"
+    assert len(plan.calls) == 2 and len(weight._calls) == 1
+    for y, args in zip((y1, y2), plan.calls, strict=True):
+        assert y.shape == (16, 64) and y.stride() == (1, 16)  # yᵀ written row-major: y is its transposed view
+        assert args[4] == x.data_ptr() and args[6] == args[7] == y.data_ptr()
+        assert args[3].value == weight.compressed.data_ptr() and args[8].value == plan._workspace_ptr
+        assert args[9][0] == 0xABC0  # torch's current raw stream of device 0
+    assert next(iter(weight._calls.values())).alpha.value == 0.5
+    weight.linear(torch.randn(24, 32, dtype=torch.float16))
+    assert weight.built == [(16, 32), (24, 32)] and len(weight._calls) == 2
+
+
+def test_eager_hot_path_raises_the_library_status(monkeypatch):
+    weight = _fake_weight(monkeypatch, _FakePlan(status=7))
+    with pytest.raises(cslt.CusparseLtError, match="cusparseLtMatmul failed: CUSPARSE_STATUS_INTERNAL_ERROR"):
+        weight.linear(torch.randn(8, 32, dtype=torch.float16))
+    with pytest.raises(TypeError, match="dtype"):
+        weight.linear(torch.randn(8, 32))

@@ -35,7 +35,7 @@ def test_mask_and_check_reject_bad_shapes_and_name_the_group():
     w = w * qs.mask_2of4(w)
     qs.check_2of4(w)
     w[2, 5] = w[2, 6] = w[2, 7] = w[2, 4] = 1.0
-    with pytest.raises(ValueError, match=r"row 2, columns 4\.\.7 hold 4 nonzeros"):
+    with pytest.raises(ValueError, match=r"row 2, columns 4\.\.7 hold 4 non-zeros"):
         qs.check_2of4(w)
 
 
@@ -235,7 +235,7 @@ def test_speedups_pick_the_best_exact_core_and_keep_bf16_out_apart():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["torch_cslt", "torch_cslt_t"])
+@pytest.mark.parametrize("backend", ["cusparselt", "torch_cslt", "torch_cslt_t"])
 @pytest.mark.parametrize("m, k, n", [(20, 64, 40), (64, 128, 96)])
 def test_cusparselt_backends_are_exact(backend, m, k, n):
     w = torch.randn(n, k)
@@ -352,6 +352,50 @@ def test_cslt_glue_pads_transposes_and_slices_back(emulated_cslt, m, k, n):
         assert packed.packed.shape[0] % 32 == 0 and packed.packed.shape[1] % 32 == 0
         got = backend.matmul(packed, q_x)
         assert got.shape == (m, n) and torch.equal(got.to(torch.int32), int8_matmul_reference(q_x, q_w))
+
+
+class _FakeSemi24Weight:
+    """Stands in for sparsity_lab.cusparselt.Semi24Weight on the CPU: same checks, y returned as a transposed view."""
+
+    def __init__(self, dense):
+        self.dense, self.shape = dense, tuple(dense.shape)
+
+    @classmethod
+    def from_dense(cls, dense):
+        from sparsity_lab.cusparselt import check_linear_shapes
+
+        check_linear_shapes((16, dense.shape[1]), tuple(dense.shape), dense.dtype)
+        qs.check_2of4(dense)
+        return cls(dense)
+
+    def linear(self, x, out_dtype=None):
+        from sparsity_lab.cusparselt import check_linear_shapes
+
+        check_linear_shapes(tuple(x.shape), self.shape, x.dtype)
+        assert out_dtype == torch.int32
+        return (self.dense.to(torch.int64) @ x.to(torch.int64).T).to(torch.int32).T
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 4, 1), (20, 40, 24), (32, 64, 64)])
+def test_binding_glue_pads_to_the_binding_rules_and_slices_back(monkeypatch, m, k, n):
+    from sparsity_lab import cusparselt
+
+    monkeypatch.setattr(cusparselt, "Semi24Weight", _FakeSemi24Weight)
+    w = torch.randn(n, k)
+    q_w, _ = quantize_per_channel(qs.semi24.sparsify(w))
+    q_x = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    backend = qs.get_backend("cusparselt")
+    packed = backend.compress(q_w)
+    assert packed.weight.shape[0] % 32 == 0 and packed.weight.shape[1] % 32 == 0
+    got = backend.matmul(packed, q_x)
+    assert got.shape == (m, n) and torch.equal(got.to(torch.int32), int8_matmul_reference(q_x, q_w))
+    with pytest.raises(ValueError, match="expects"):
+        backend.matmul(packed, q_x[:, :-1] if k > 1 else torch.zeros(m, 2, dtype=torch.int8))
+
+
+def test_binding_is_the_default_gpu_backend():
+    assert qs.DEFAULT_GPU_BACKEND == "cusparselt" and bench.SPARSE_BACKENDS[0] == "cusparselt"
+    assert "torch_cslt" in bench.SPARSE_BACKENDS
 
 
 def test_benchmark_gpu_branches_run_on_an_emulated_cusparselt(emulated_cslt):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsity_lab.semi24_matmul import PATHS, check_path, prepare, relative_error, unavailable_reason
-from sparsity_lab.sparse_linear import Decision, Dispatcher, SparseLinear, swap_linears
+from sparsity_lab.sparse_linear import Decision, Dispatcher, SparseLinear, capture, swap_linears
 
 
 def _groups_are_24(weight: torch.Tensor) -> bool:
@@ -135,3 +135,31 @@ def test_swapped_model_matches_its_dense_twin_and_records_decisions():
         ref = F.linear(F.gelu(F.linear(x, model[0].weight, model[0].bias)), model[2].weight, model[2].bias)
     assert relative_error(y, ref) < 1e-2
     assert len(dispatcher.decisions) == 2 and all(d.sparse_ms and d.dense_ms for d in dispatcher.decisions.values())
+
+
+def test_capture_needs_a_cuda_input():
+    layer = SparseLinear(torch.randn(64, 64))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA input"):
+        capture(layer, torch.randn(8, 64))
+
+
+def test_forward_reroutes_when_the_weight_is_replaced():
+    layer = SparseLinear(torch.randn(64, 128), torch.randn(64))
+    x = torch.randn(4, 128)
+    layer(x)
+    layer.weight = nn.Parameter(torch.zeros(64, 128), requires_grad=False)
+    assert torch.equal(layer(x), layer.bias.detach().expand(4, 64))
+
+
+@pytest.mark.gpu
+def test_capture_replays_a_swapped_model_with_new_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256)).cuda().half()
+    swap_linears(model, dispatcher=None)
+    x = torch.randn(16, 256, device="cuda", dtype=torch.float16)
+    graphed = capture(model, x)
+    for _ in range(2):
+        x = torch.randn_like(x)
+        torch.testing.assert_close(graphed(x), model(x), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="captured for"):
+        graphed(torch.randn(8, 256, device="cuda", dtype=torch.float16))

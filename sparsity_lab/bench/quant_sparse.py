@@ -28,15 +28,16 @@ import torch
 from torch.nn import functional as F
 
 from sparsity_lab import quant_sparse as qs
+from sparsity_lab import semi24
 from sparsity_lab.quantization import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
-from sparsity_lab.results import RECORDED_DIR, save_results
+from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
 
 NAME = "quant_sparse_gpu"
 GPU_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (4096, 4096, 14336), (4096, 14336, 4096),
               (16384, 4096, 14336), (512, 4096, 4096)]
 CPU_SHAPES = [(48, 64, 32)]
 TARGETS = {(8192, 8192, 8192): 1.9, (4096, 4096, 4096): 1.3}
-SPARSE_BACKENDS = ("torch_cslt", "torch_cslt_t")
+SPARSE_BACKENDS = ("cusparselt", "torch_cslt", "torch_cslt_t")  # ours first; PyTorch's ops to compare
 LAYER_RTOL = 2e-3  # fp16 output rounding (2**-11 per entry) on top of exact integer arithmetic
 
 
@@ -162,7 +163,7 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
     weight = torch.randn(n, k, device=device, dtype=dtype, generator=gen)
-    weight = weight * qs.mask_2of4(weight)
+    weight = semi24.sparsify(weight)
     bias = torch.randn(n, device=device, dtype=dtype, generator=gen)
     q_w, s_w = quantize_per_channel(weight.float())
     q_x, s_x = quantize_per_token(x, check_finite=False)
@@ -297,6 +298,12 @@ def add_speedups(row: dict[str, Any]) -> None:
             for prefix, times in (("graph_", graph), ("b2b_", b2b)):
                 if dense_core in times and best in times:
                     speedup[prefix + label + "_vs_int8_dense"] = times[dense_core] / times[best]
+        # every exact sparse core on its own (ours and PyTorch's side by side), eager / back-to-back / graph
+        row["speedup_by_backend"] = {
+            key: {kind: times[dense_core] / times[key]
+                  for kind, times in (("eager", ms), ("b2b", b2b), ("graph", graph))
+                  if dense_core in times and key in times}
+            for key in exact_cores}
     sparse_layers = {key: t for key, t in ms.items() if key.startswith("int8_24_layer_")}
     int8_layers = {key: t for key, t in ms.items() if key.startswith("int8_dense_layer")}
     if sparse_layers:
@@ -378,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     name = NAME if cuda else "quant_sparse_cpu"
     out = args.out or (RECORDED_DIR / f"{NAME}.json" if cuda else Path("quant_sparse_cpu.json"))
     started = time.perf_counter()
+    environment = record_environment(device)  # the device measured on (a --device cpu run on a GPU box says CPU)
     rows, graph_jobs = [], []
     for m, k, n in shapes:
         row, cores = run_shape(m, k, n, device, backends, args)
@@ -385,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         if cuda and not args.no_graphs:
             graph_jobs.append((row, cores))
         print(format_table([row]), flush=True)
-    save_results(name, figures_of(rows, shapes, backends, args, cuda, started), out)  # eager numbers are safe
+    save_results(name, figures_of(rows, shapes, backends, args, cuda, started), out, environment)  # eager: safe
     for row, cores in graph_jobs:  # graphs last: a capture that fails cannot spoil the eager numbers
         add_graph_timings(row, cores, args)
     del graph_jobs
     figures = figures_of(rows, shapes, backends, args, cuda, started)
-    path = save_results(name, figures, out)
+    path = save_results(name, figures, out, environment)
     if cuda and not args.no_graphs:
         print(format_table(rows))
     for verdict in figures["targets"]:

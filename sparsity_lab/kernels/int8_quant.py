@@ -18,28 +18,30 @@ import torch
 import triton
 import triton.language as tl
 
-ROUND_MAGIC = 12582912.0  # 1.5 * 2**23
-
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for start in range(0, K, BLOCK_K):
+    start = 0
+    while start < K:  # not `range(0, K, ...)`: Triton 3.6's interpreter cannot take a runtime bound (NumPy 2.4)
         cols = start + offs
         v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(v))
+        start += BLOCK_K
     scale = tl.div_rn(tl.max(amax, axis=0), 127.0)  # IEEE division, as torch: `/` on GPUs is approximate
     safe = tl.where(scale > 0.0, scale, 1.0)
     tl.store(s_ptr + row, scale)
-    for start in range(0, K, BLOCK_K):
+    start = 0
+    while start < K:
         cols = start + offs
         v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
         r = tl.div_rn(v, safe)
-        r = (r + ROUND_MAGIC) - ROUND_MAGIC
+        r = (r + 12582912.0) - 12582912.0  # 1.5 * 2**23: a literal, as Triton 3.6 kernels may not read globals
         r = tl.minimum(tl.maximum(r, -127.0), 127.0)
         tl.store(q_ptr + row * stride_qm + cols, r.to(tl.int8), mask=cols < K)
+        start += BLOCK_K
 
 
 @triton.jit
