@@ -165,10 +165,10 @@ once, bit for bit equal to PyTorch's CUTLASS conversion (checked in CI under Tri
     code("""
 from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
 
-from sparsity_lab.kernels.semi24_compress import prune24_reference
+from sparsity_lab.semi24 import sparsify
 
 w = torch.randn(32, 32).half()
-pruned = prune24_reference(w)  # what the kernel computes, in plain torch
+pruned = sparsify(w)  # what the kernel computes, in plain torch
 values, meta = sparse_semi_structured_from_dense_cutlass(pruned)
 print("weight", tuple(w.shape), "-> values", tuple(values.shape), values.dtype,
       "+ metadata", tuple(meta.shape), meta.dtype)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from sparsity_lab.bench import _timing
+from sparsity_lab.checks import relative_error as relerr
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 OUT.mkdir(parents=True, exist_ok=True)
@@ -46,61 +48,16 @@ def section(name):
     return wrap
 
 
-def relerr(y, ref):
-    y, ref = y.double(), ref.double()
-    return float((y - ref).norm() / ref.norm())
+def loop_ms(fn):
+    return _timing.loop_ms(fn, calls=50)
 
 
-def loop_ms(fn, calls=50, trials=7):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(trials):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(calls):
-            fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / calls)
-    return statistics.median(times)
+def graph_ms(fn):
+    return _timing.graph_ms(fn, calls=50)
 
 
-def graph_ms(fn, calls=50, trials=7):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(trials):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / calls)
-    return statistics.median(times)
-
-
-def host_us(fn, calls=2000, trials=5):
-    fn()
-    torch.cuda.synchronize()
-    best = []
-    for _ in range(trials):
-        s = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best.append((time.perf_counter() - s) / calls * 1e6)
-        torch.cuda.synchronize()
-    return min(best)
+def host_us(fn):
+    return _timing.host_us(fn, calls=2000, trials=5)
 
 
 @section("environment")

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sparsity_lab.checks import relative_error as relerr
+
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 OUT.mkdir(parents=True, exist_ok=True)
 LOG = open(OUT / "check.log", "w")  # noqa: SIM115
@@ -43,9 +45,6 @@ def section(name: str):
     return wrap
 
 
-def relerr(y, ref):
-    y, ref = y.double(), ref.double()
-    return float((y - ref).norm() / ref.norm())
 
 
 @section("environment")
@@ -106,11 +105,11 @@ def _diagnose():
 @section("bias_graph_int8")
 def _bias_graph_int8():
     from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.kernels.semi24_compress import prune24_reference
+    from sparsity_lab.semi24 import sparsify
 
     out = {}
     x = torch.randn(256, 1024, device="cuda", dtype=torch.float16)
-    w = prune24_reference(torch.randn(512, 1024, device="cuda", dtype=torch.float16))
+    w = sparsify(torch.randn(512, 1024, device="cuda", dtype=torch.float16))
     b = torch.randn(512, device="cuda", dtype=torch.float16)
     sw = Semi24Weight.from_dense(w)
     out["bias_relerr"] = relerr(sw.linear(x, bias=b), x.float() @ w.float().t() + b.float())
@@ -128,7 +127,7 @@ def _bias_graph_int8():
     out["graph_relerr"] = relerr(static_y, x2.float() @ w.float().t())
     for m, k, n in ((256, 1024, 512), (4096, 4096, 4096)):
         xi = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
-        wi = prune24_reference(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
+        wi = sparsify(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
         ref = xi.double() @ wi.double().t()
         swi = Semi24Weight.from_dense(wi)
         for od, alpha in ((torch.int32, 1.0), (torch.bfloat16, 0.5), (torch.float16, 0.01), (torch.int8, 0.05)):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from sparsity_lab import cusparselt
-from sparsity_lab.kernels.semi24_compress import prune24_reference
+from sparsity_lab.checks import relative_error as relerr
+from sparsity_lab.semi24 import sparsify
 
 search, layout, dtype_name = sys.argv[1:4]
 with_torch = "--torch" in sys.argv
@@ -23,8 +24,6 @@ shapes = [tuple(map(int, a.split(","))) for a in sys.argv[4:] if "," in a]
 dtype = getattr(torch, dtype_name)
 
 
-def relerr(y, ref):
-    return float((y.double() - ref.double()).norm() / ref.double().norm())
 
 
 def bench(fn):
@@ -36,10 +35,10 @@ for m, k, n in shapes:
     try:
         if dtype == torch.int8:
             x = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
-            w = prune24_reference(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
+            w = sparsify(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
         else:
             x = torch.randn(m, k, device="cuda").to(dtype)
-            w = prune24_reference(torch.randn(n, k, device="cuda").to(dtype))
+            w = sparsify(torch.randn(n, k, device="cuda").to(dtype))
         ref = x.double() @ w.double().t()
         sw = cusparselt.Semi24Weight.from_dense(w, layout=layout)
         t0 = time.time()
@@ -73,7 +72,7 @@ if dtype != torch.int8 and shapes:  # cuSPARSELt's own pruning and 2:4 check
     try:
         pruned_by_cslt = cusparselt.Semi24Weight.from_dense(torch.randn(n, k, device="cuda").to(dtype), prune=True,
                                                             layout=layout)
-        extra["is_24_pruned"] = pruned_by_cslt.is_24(prune24_reference(torch.randn(n, k, device="cuda").to(dtype)))
+        extra["is_24_pruned"] = pruned_by_cslt.is_24(sparsify(torch.randn(n, k, device="cuda").to(dtype)))
         extra["is_24_random"] = pruned_by_cslt.is_24(torch.randn(n, k, device="cuda").to(dtype))
     except Exception as err:
         extra["error"] = repr(err)[:300]

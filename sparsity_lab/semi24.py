@@ -113,7 +113,8 @@ def _cols_per_word(dtype: torch.dtype) -> int:
     return _nibbles_per_word(dtype) * (2 if dtype == torch.float32 else 4)
 
 
-def _check_shape(rows: int, cols: int, dtype: torch.dtype, layout: str, name: str = "dense") -> None:
+def check_shape(rows: int, cols: int, dtype: torch.dtype, layout: str, name: str = "dense") -> None:
+    """Raise, naming the multiple needed, when `layout` cannot hold a (rows, cols) weight of `dtype`."""
     row_multiple, col_multiple = shape_multiples(dtype, layout)
     why = "" if layout == "simple" else f" for the cutlass layout with {str(dtype).removeprefix('torch.')}"
     if cols % col_multiple:
@@ -281,7 +282,7 @@ def compress(dense: torch.Tensor, layout: str = "cutlass") -> tuple[torch.Tensor
         raise ValueError(f"dense must be 2-D (rows, cols) with 2:4 groups along cols, got shape {tuple(dense.shape)}; "
                          "reshape a conv weight to (out_channels, -1) first")
     rows, cols = dense.shape
-    _check_shape(rows, cols, dense.dtype, layout)
+    check_shape(rows, cols, dense.dtype, layout)
     dense = dense.detach()
     tf32 = layout == "cutlass" and dense.dtype == torch.float32
     check_pattern(dense, "1:2" if tf32 else "2:4")
@@ -315,7 +316,7 @@ def _decode(values: torch.Tensor, meta: torch.Tensor, layout: str) -> tuple[torc
         raise ValueError(f"values and meta must be 2-D, got shapes {tuple(values.shape)} and {tuple(meta.shape)}")
     rows, half = values.shape
     cols, groups = 2 * half, half // 2
-    _check_shape(rows, cols, values.dtype, layout, name=f"the dense matrix of values {tuple(values.shape)}")
+    check_shape(rows, cols, values.dtype, layout, name=f"the dense matrix of values {tuple(values.shape)}")
     expected_dtype = meta_dtype(values.dtype, layout)
     if layout == "simple":
         expected_shape = (rows, math.ceil(groups / 2))
@@ -369,7 +370,7 @@ def convert(values: torch.Tensor, meta: torch.Tensor, source: str, target: str) 
     _check_layout(target)
     _check_dtype(values.dtype, target, "values")
     rows, groups = positions.shape[:2]
-    _check_shape(rows, 4 * groups, values.dtype, target, name=f"the dense matrix of values {tuple(values.shape)}")
+    check_shape(rows, 4 * groups, values.dtype, target, name=f"the dense matrix of values {tuple(values.shape)}")
     nonzero_kept = kept.view(values.dtype) != 0
     nonzero = torch.zeros(rows, groups, 4, dtype=torch.bool, device=positions.device).scatter_(
         -1, positions, nonzero_kept)

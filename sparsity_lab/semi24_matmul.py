@@ -22,18 +22,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from sparsity_lab.checks import relative_error
+
 PATHS = ("cusparselt", "torch_cslt", "cutlass", "reference", "dense")
 
 
 def prune24(weight: torch.Tensor) -> torch.Tensor:
     """2:4 magnitude pruning along rows (ties: lower index first): Triton on CUDA, plain torch elsewhere."""
-    from sparsity_lab.kernels.semi24_compress import prune24_reference
+    from sparsity_lab.semi24 import sparsify
 
     if weight.is_cuda and _has_triton():
         from sparsity_lab.kernels.semi24_compress import prune_and_compress
 
         return prune_and_compress(weight, return_pruned=True)[2]
-    return prune24_reference(weight)
+    return sparsify(weight)
 
 
 def _has_triton() -> bool:
@@ -142,10 +144,6 @@ def prepare(weight: torch.Tensor, path: str = "cusparselt", prune: bool = True) 
     return Semi24Linear(weight, path, prune)
 
 
-def relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
-    """‖y − ref‖ / ‖ref‖ in float64: how each path is checked against dense."""
-    y64, ref64 = y.to(torch.float64), reference.to(torch.float64)
-    return float((y64 - ref64).norm() / ref64.norm().clamp_min(1e-30))
 
 
 def check_path(path: str, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> float:

@@ -109,11 +109,11 @@ def test_opaque_buffers_are_16_byte_aligned():
 
 # ------------------------------------------------------------------------------------------------------------ GPU
 def _pruned(n, k, dtype):
-    from sparsity_lab.kernels.semi24_compress import prune24_reference
+    from sparsity_lab.semi24 import sparsify
 
     if dtype == torch.int8:
-        return prune24_reference(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
-    return prune24_reference(torch.randn(n, k, device="cuda", dtype=dtype))
+        return sparsify(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
+    return sparsify(torch.randn(n, k, device="cuda", dtype=dtype))
 
 
 def _relerr(y, ref):

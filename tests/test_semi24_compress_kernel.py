@@ -42,18 +42,23 @@ def _run_cases() -> dict[str, dict[str, bool]]:
     """Every check, in this (interpreted) process: {case: {check: passed}}."""
     from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass as cutlass
 
+    from sparsity_lab import semi24
     from sparsity_lab.kernels import semi24_compress as k24
+    from sparsity_lab.semi24 import sparsify
 
     out = {}
     for name, shape, (block_m, block_k) in CASES:
         dtype = getattr(torch, name)
         w = _weight(shape, dtype, seed=sum(shape))
         values, meta, pruned = k24.prune_and_compress(w, block_m=block_m, block_k=block_k, return_pruned=True)
-        expected = k24.prune24_reference(w)
+        expected = sparsify(w)
         ref_values, ref_meta = cutlass(expected)
+        our_values, our_meta = semi24.compress(expected)  # the CPU compressor: the same contract
         out[f"{name}-{shape}"] = {"pruned": torch.equal(pruned, expected), "values": _same_bits(values, ref_values),
-                                  "meta": meta.dtype == ref_meta.dtype and torch.equal(meta, ref_meta)}
-    w = k24.prune24_reference(_weight((32, 64), torch.float16, seed=3))
+                                  "meta": meta.dtype == ref_meta.dtype and torch.equal(meta, ref_meta),
+                                  "equals semi24.compress": _same_bits(values, our_values)
+                                  and torch.equal(meta, our_meta)}
+    w = sparsify(_weight((32, 64), torch.float16, seed=3))
     w[5, 8:12] = 0  # fewer than two non-zeros in a group
     values, meta = k24.prune_and_compress(w, prune=False, block_k=64)
     ref_values, ref_meta = cutlass(w)
@@ -78,10 +83,10 @@ def test_kernel_equals_pytorch_cutlass_conversion_bit_for_bit(verdicts, case):
 
 
 def test_reference_pruning_keeps_two_largest_ties_to_lower_index():
-    from sparsity_lab.kernels.semi24_compress import prune24_reference
+    from sparsity_lab.semi24 import sparsify
 
     w = torch.tensor([[1.0, -3.0, 2.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, -0.0, 4.0, 2.0, -2.0, 2.0, 1.0]])
-    kept = prune24_reference(w)
+    kept = sparsify(w)
     assert kept.tolist() == [[0.0, -3.0, 2.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 2.0, -2.0, 0.0, 0.0]]
     assert ((kept.reshape(-1, 4) != 0).sum(1) <= 2).all()
 

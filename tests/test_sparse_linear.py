@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsity_lab.semi24_matmul import PATHS, check_path, prepare, relative_error, unavailable_reason
+from sparsity_lab.checks import relative_error
+from sparsity_lab.semi24_matmul import PATHS, check_path, prepare, unavailable_reason
 from sparsity_lab.sparse_linear import Decision, Dispatcher, SparseLinear, capture, swap_linears
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from sparsity_lab.block_sparse import BlockSparseMatrix
+from sparsity_lab.checks import relative_error
 from sparsity_lab.results import save_results
 
 TARGETS = {(64, 0.9): 5.0, (32, 0.9): 3.0, (64, 0.5): 1.5}
@@ -36,12 +37,6 @@ def random_block_sparse(n_out: int, n_in: int, bs: int, sparsity: float, dtype: 
     return torch.randn(n_out, n_in, device=device, dtype=torch.float32, generator=generator).mul_(mask).to(dtype)
 
 
-def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """||y - ref|| / ||ref|| in float64 (inf when y has NaNs, e.g. unwritten poisoned entries)."""
-    y64, ref64 = y.double(), ref.double()
-    if not torch.isfinite(y64).all():
-        return float("inf")
-    return float((y64 - ref64).norm() / ref64.norm().clamp_min(1e-30))
 
 
 def correctness(device: str = "cuda") -> list[dict]:

@@ -29,6 +29,8 @@ from torch.nn import functional as F
 
 from sparsity_lab import quant_sparse as qs
 from sparsity_lab import semi24
+from sparsity_lab.bench._timing import capture_graph
+from sparsity_lab.checks import relative_error as relerr
 from sparsity_lab.quantization import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
 from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
 
@@ -118,20 +120,9 @@ def back_to_back_ms(fn: Callable[[], Any], calls: int = 50) -> float:
 
 def graph_time_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
     """Median milliseconds of `fn` captured once into a CUDA graph and replayed (no per-call host work)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return time_ms(graph.replay, device, warmup_ms, rep_ms)
+    return time_ms(capture_graph(fn).replay, device, warmup_ms, rep_ms)
 
 
-def _relerr(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def _approx_equal(out: torch.Tensor, target: torch.Tensor) -> bool:
@@ -239,12 +230,12 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
             for fused in fused_variants:
                 layer = qs.Int8SparseLinear.from_linear(linear, backend=name, fused=fused, prune=False)
                 layers[f"int8_24_layer_{name}" + ("_fused" if fused else "")] = (lambda lay=layer: lay(x))
-    row["quantization_relerr_vs_float"] = _relerr(int8_layer(x), float_ref)
+    row["quantization_relerr_vs_float"] = relerr(int8_layer(x), float_ref)
     for key, fn in list(layers.items()):
         if key == DENSE_LAYER[cuda]:
             continue
         try:
-            err = _relerr(fn(), reference)
+            err = relerr(fn(), reference)
         except Exception as error:
             if not key.endswith("_fused"):  # the Triton variants are optional: reported, not failed
                 checks[key] = False

@@ -19,7 +19,6 @@ Medians of ``triton.testing.do_bench`` (CUDA events; it flushes L2 before every 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sparsity_lab.bench._timing import graph_ms, host_us, loop_ms
+from sparsity_lab.checks import relative_error as relerr
 from sparsity_lab.results import RECORDED_DIR, save_results
 
 MLP_SIZES = ((4096, 4096), (4096, 14336), (14336, 4096))
@@ -52,64 +53,12 @@ def bench_ms(fn: Callable[[], object]) -> float:
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def loop_ms(fn: Callable[[], object], calls: int = 20, trials: int = 7) -> float:
-    """Per-call milliseconds of `calls` back-to-back eager calls (host launch overhead included)."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(trials):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
 
 
-def host_us(fn: Callable[[], object], calls: int = 200) -> float:
-    """Host microseconds per call of `fn` (no synchronization inside: what eager mode pays on the CPU)."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
 
 
-def graph_ms(fn: Callable[[], object], calls: int = 20, trials: int = 7) -> float:
-    """Per-call milliseconds of the same `calls` calls captured once in a CUDA graph and replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(trials):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
 
 
-def relerr(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖y − ref‖ / ‖ref‖ in float64, NaN-proof (NaN never passes)."""
-    y, ref = y.double(), ref.double()
-    err = float((y - ref).norm() / ref.norm())
-    return err if err == err else float("inf")
 
 
 def measure_linear(m: int, k: int, n: int, dtype: torch.dtype, log: Callable[[str], None] = print) -> dict:
@@ -170,11 +119,12 @@ def measure_compressors(size: int = 8192, log: Callable[[str], None] = print) ->
     from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
 
     from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.kernels.semi24_compress import prune24_reference, prune_and_compress
+    from sparsity_lab.kernels.semi24_compress import prune_and_compress
+    from sparsity_lab.semi24 import sparsify
 
     w = torch.randn(size, size, device="cuda", dtype=torch.float16)
     values, meta, pruned = prune_and_compress(w, return_pruned=True)
-    ref_values, ref_meta = sparse_semi_structured_from_dense_cutlass(prune24_reference(w))
+    ref_values, ref_meta = sparse_semi_structured_from_dense_cutlass(sparsify(w))
     out = {
         "size": size,
         "ours_bit_exact": bool(torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
@@ -198,12 +148,12 @@ def measure_compressors(size: int = 8192, log: Callable[[str], None] = print) ->
 def measure_int8(log: Callable[[str], None] = print) -> list[dict]:
     """int8 x int8 through our binding for each output dtype, checked against exact integer products."""
     from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.kernels.semi24_compress import prune24_reference
+    from sparsity_lab.semi24 import sparsify
 
     rows = []
     for m, k, n in ((4096, 4096, 4096), (8192, 8192, 8192)):
         x = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
-        w = prune24_reference(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
+        w = sparsify(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))
         ref = x.double() @ w.double().t()
         weight = Semi24Weight.from_dense(w)
         row = {"M": m, "K": k, "N": n, "int_mm_ms": bench_ms(lambda x=x, w=w: torch._int_mm(x, w.t()))}

@@ -19,7 +19,9 @@ import functools
 
 import torch
 
-SUPPORTED = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.int8: torch.int32}
+from sparsity_lab import semi24
+
+SUPPORTED = (torch.float16, torch.bfloat16, torch.int8)  # the cutlass layout's dtypes less float32 (1:2)
 
 
 def meta_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -27,21 +29,15 @@ def meta_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype not in SUPPORTED:
         names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED)
         raise TypeError(f"dense has dtype {dtype}; the 2:4 compressor takes {names}")
-    return SUPPORTED[dtype]
+    return semi24.meta_dtype(dtype)
 
 
 def check_shape(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     """Raise naming the multiple needed when CUTLASS's layout cannot hold a (rows, cols) weight of `dtype`."""
     if len(shape) != 2:
         raise ValueError(f"dense must be 2-D (out_features, in_features), got shape {tuple(shape)}")
-    rows, cols = shape
-    int8 = meta_dtype(dtype) == torch.int32
-    # CUTLASS interleaves metadata columns in pairs: an even count of them, so 2 * 16 (2 * 32 for int8) columns
-    row_multiple, col_multiple = (16, 64) if int8 else (32, 32)
-    if rows % row_multiple:
-        raise ValueError(f"dense has {rows} rows; CUTLASS's {dtype} 2:4 layout needs a multiple of {row_multiple}")
-    if cols % col_multiple:
-        raise ValueError(f"dense has {cols} columns; CUTLASS's {dtype} 2:4 layout needs a multiple of {col_multiple}")
+    meta_dtype(dtype)  # raises for a dtype the kernel does not take
+    semi24.check_shape(*shape, dtype, "cutlass")
 
 
 @functools.cache
@@ -167,17 +163,3 @@ def prune_and_compress(
     if return_pruned:
         return values, meta, pruned if store_pruned else dense
     return values, meta
-
-
-def prune24_reference(dense: torch.Tensor) -> torch.Tensor:
-    """The pruning the kernel does, in plain torch: keep the two largest |w| of each group of four along a row
-    (ties: lower index first). Used by the tests and on machines without Triton."""
-    groups = dense.reshape(-1, 4)
-    mags = groups.abs().to(torch.float32)
-    # rank[i] = #j outranking i: |w_j| > |w_i|, or |w_j| == |w_i| with j < i
-    greater = mags[:, None, :] > mags[:, :, None]
-    equal_lower = (mags[:, None, :] == mags[:, :, None]) & torch.ones(4, 4, dtype=torch.bool).tril(-1).to(
-        dense.device
-    )
-    rank = (greater | equal_lower).sum(-1)
-    return torch.where(rank < 2, groups, torch.zeros_like(groups)).reshape(dense.shape)
