@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,9 +247,9 @@ class Layout:
         """True when the kernel writes yᵀ and `linear` returns a transposed view of it."""
         return self.sparse == "A" and self.d_order == ORDER_ROW
 
-    def dense_shape(self, m: int, k: int) -> tuple[int, int, int]:
-        """(rows, cols, ld) of x (M, K) row-major, as described to cuSPARSELt (always as stored)."""
-        return (m, k, k)
+    def dense_shape(self, m: int, k: int, x_order: int = ORDER_ROW) -> tuple[int, int, int]:
+        """(rows, cols, ld) of x (M, K) as stored: row-major (ld K) or column-major (ld M)."""
+        return (m, k, k) if x_order == ORDER_ROW else (m, k, m)
 
     def output_shape(self, m: int, n: int) -> tuple[int, int, int]:
         """(rows, cols, ld) of the output descriptor D."""
@@ -291,6 +292,7 @@ class PlanKey:
     layout: str
     bias_ptr: int
     device: int
+    x_order: int = ORDER_ROW  # ORDER_COL: x (M, K) is column-major (xᵀ contiguous) and is read as it lies
 
 
 def check_linear_shapes(x_shape: tuple[int, ...], weight_shape: tuple[int, int], dtype: torch.dtype) -> None:
@@ -321,6 +323,11 @@ class AlgChoice:
 
 SEARCH_MODES = ("time", "library", "default")
 SEARCH = "library"  # how new plans pick their algorithm (module-wide default; see Plan)
+# A column-major x (a previous 2:4 layer's transposed output, or its gradient) is described to cuSPARSELt as it
+# lies (x_order=ORDER_COL) instead of copied to row-major (SPARSITY_LAB_COLUMN_MAJOR_X=0 turns it off); and
+# whether such plans search algorithms too.
+COLUMN_MAJOR_X = os.environ.get("SPARSITY_LAB_COLUMN_MAJOR_X", "1") != "0"
+SEARCH_COLUMN_MAJOR_X = True
 _PLANS: dict[PlanKey, Plan] = {}
 _CHOSEN: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the choice does not depend on the bias
 
@@ -354,9 +361,9 @@ class Plan:
         self._streams = (ctypes.c_void_p * 1)()
         self._spare: list[tuple[_Opaque, _Opaque]] = []  # plans tried and not kept
         h = self._handle.ptr
-        rows, cols, ld = self.layout.dense_shape(key.m, key.k)
+        rows, cols, ld = self.layout.dense_shape(key.m, key.k, key.x_order)
         check(lib.cusparseLtDenseDescriptorInit(h, self.dense.ptr, rows, cols, ld, ALIGNMENT,
-                                                CUDA_DTYPES[key.dtype], ORDER_ROW),
+                                                CUDA_DTYPES[key.dtype], key.x_order),
               f"cusparseLtDenseDescriptorInit(x {key.m}x{key.k})")
         rows, cols, ld = self.layout.output_shape(key.m, key.n)
         check(lib.cusparseLtDenseDescriptorInit(h, self.out.ptr, rows, cols, ld, ALIGNMENT,
@@ -507,6 +514,13 @@ class Plan:
             pass
 
 
+def _reads_column_major(x: torch.Tensor, layout: Layout) -> bool:
+    """Whether x (M, K) is column-major (xᵀ contiguous, e.g. a previous 2:4 layer's output) and `COLUMN_MAJOR_X`
+    lets the plan read it in place instead of copying it to row-major first."""
+    return (COLUMN_MAJOR_X and layout.sparse == "A" and x.dim() == 2 and x.shape[0] > 1 and x.shape[1] > 1
+            and x.stride() == (1, x.shape[0]))
+
+
 def clear_plans() -> None:
     """Forget every cached plan and algorithm choice (they are rebuilt on next use)."""
     _PLANS.clear()
@@ -617,6 +631,20 @@ class Semi24Weight:
         weight._scratch = scratch  # freed with the weight; the compress kernel may still be reading it
         return weight
 
+    def recompress(self, dense: torch.Tensor) -> None:
+        """Compress a new 2:4 `dense` (same shape, dtype and device) into this weight's buffer, in place: the
+        buffer's address is unchanged, so every cached plan and call signature stays valid (training updates
+        the weight every step)."""
+        if tuple(dense.shape) != self.shape or dense.dtype != self.dtype or dense.device != self.compressed.device:
+            raise ValueError(f"recompress needs a {self.shape} {self.dtype} tensor on {self.compressed.device}, "
+                             f"got {tuple(dense.shape)} {dense.dtype} on {dense.device}")
+        dense = dense.contiguous()
+        is_a, op = self._operand
+        check(self.lib.cusparseLtSpMMACompress2(self.handle.ptr, self.descriptor.ptr, is_a, op, dense.data_ptr(),
+                                                self.compressed.data_ptr(), self._scratch.data_ptr(),
+                                                ctypes.c_void_p(_current_raw_stream(dense.device.index))),
+              "cusparseLtSpMMACompress2")
+
     def is_24(self, dense: torch.Tensor) -> bool:
         """cuSPARSELt's own check that `dense` (shaped like this weight) is 2:4 along its rows."""
         valid = torch.zeros(1, dtype=torch.int32, device=dense.device)
@@ -639,7 +667,9 @@ class Semi24Weight:
         key = PlanKey(m=x.shape[0], k=self.shape[1], n=self.shape[0], dtype=self.dtype, out_dtype=out_dtype,
                       layout=choose_layout(layout or self.default_layout()).name,
                       bias_ptr=0 if bias is None else bias.data_ptr(),
-                      device=x.device.index if x.device.index is not None else torch.cuda.current_device())
+                      device=x.device.index if x.device.index is not None else torch.cuda.current_device(),
+                      x_order=ORDER_COL if _reads_column_major(x, choose_layout(layout or self.default_layout()))
+                      else ORDER_ROW)
         plan = _PLANS.get(key)
         if plan is None:
             if torch.cuda.is_current_stream_capturing():
@@ -648,7 +678,8 @@ class Semi24Weight:
                     "outside the capture (warm-up) so the plan is built first"
                 )
             if search is None:
-                search = SEARCH if key.layout in SEARCHABLE_LAYOUTS else "default"
+                searchable = key.layout in SEARCHABLE_LAYOUTS and (key.x_order == ORDER_ROW or SEARCH_COLUMN_MAJOR_X)
+                search = SEARCH if searchable else "default"
             plan = Plan(self, key, x, search=search)
             _PLANS[key] = plan
         return plan
@@ -697,10 +728,10 @@ class Semi24Weight:
         elif out_dtype != self.dtype:
             raise TypeError(f"{self.dtype} matmuls write {self.dtype}, got out_dtype={out_dtype}")
         check_linear_shapes(tuple(x.shape), self.shape, self.dtype)
-        contiguous = not x.is_contiguous()
+        chosen = choose_layout(layout or self.default_layout())
+        contiguous = not x.is_contiguous() and not _reads_column_major(x, chosen)
         if bias is not None and (bias.shape != (self.shape[0],) or bias.dtype != out_dtype):
             raise ValueError(f"bias must be ({self.shape[0]},) of {out_dtype}, got {tuple(bias.shape)} {bias.dtype}")
-        chosen = choose_layout(layout or self.default_layout())
         late_bias = None
         if bias is not None and chosen.sparse == "B":
             # cuSPARSELt adds its bias per row of D, and D = x Wᵀ has a row per token: add it afterwards

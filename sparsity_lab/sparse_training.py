@@ -1,0 +1,355 @@
+"""2:4 sparse training: a linear layer whose weight is pruned to 2:4 in the forward pass and still learns.
+
+The layer keeps a dense weight W (the optimizer's copy) and a boolean 2:4 mask. Each step:
+
+* forward: y = x W_sᵀ + b with W_s = W ⊙ mask (2:4 along each row: the inputs of every output);
+* backward for the input: dx = dy W_s, which on sparse tensor cores needs W_sᵀ to be 2:4 as well. Two ways:
+  ``transpose="transposable"`` picks, in every 4x4 tile, the mask with two kept entries in each row *and* each
+  column that keeps the most magnitude (Hubara et al., 2021: one of 90 patterns), so W_sᵀ is 2:4 too and dx is
+  exact; ``transpose="recompress"`` prunes W_sᵀ to 2:4 again (dx then uses a further-pruned weight, an
+  approximation);
+* backward for the weight: the straight-through estimator, dW = dyᵀ x for *every* entry, kept or not, so pruned
+  weights keep learning and can come back when the mask is recomputed; ``srste_decay`` adds SR-STE's
+  λ · (1 - mask) ⊙ W, which pulls pruned weights towards zero so the mask settles (Zhou et al., 2021).
+
+``mask="dynamic"`` recomputes the mask from |W| at every training step; ``mask="fixed"`` keeps the one it was
+given (or computed once). Masks depend only on the weights, so data-parallel replicas (DDP), whose weights stay
+equal, compute equal masks.
+
+Backends: ``"dense"`` multiplies by the masked dense weight (any device: the CPU reference); ``"cusparselt"``
+runs the forward and the input gradient through our cuSPARSELt binding (`sparsity_lab.cusparselt`) with W_s and
+W_sᵀ compressed again after each optimizer step (in place, so cached plans stay valid).
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparsity_lab.semi24 import prune as prune_rows
+
+MASK_MODES = ("dynamic", "fixed")
+TRANSPOSE_MODES = ("transposable", "recompress")
+BACKENDS = ("auto", "dense", "cusparselt")
+
+
+# -------------------------------------------------------------------------------------------------- masks
+@cache
+def _tile_patterns_cpu() -> torch.Tensor:
+    """The 90 4x4 0/1 patterns with exactly two ones in every row and every column, as (90, 16) float64."""
+    rows = [r for r in itertools.product((0, 1), repeat=4) if sum(r) == 2]
+    tiles = [t for t in itertools.product(rows, repeat=4) if all(sum(col) == 2 for col in zip(*t, strict=True))]
+    return torch.tensor(tiles, dtype=torch.float64).reshape(len(tiles), 16)
+
+
+def tile_patterns(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The 90 transposable 2:4 patterns of a 4x4 tile, (90, 16), in a fixed (lexicographic) order."""
+    return _tile_patterns_cpu().to(device=device, dtype=dtype)
+
+
+def _check_weight(weight: torch.Tensor, name: str = "weight") -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"{name} has non-finite values (NaN or inf): a 2:4 mask cannot rank them")
+
+
+def transposable_mask(weight: torch.Tensor) -> torch.Tensor:
+    """Boolean mask, 2:4 along rows *and* along columns: in each 4x4 tile the one of the 90 patterns that keeps
+    the largest sum of |w| (ties: the first pattern in `tile_patterns` order). Both sizes must be multiples of 4."""
+    _check_weight(weight)
+    rows, cols = weight.shape
+    if rows % 4 or cols % 4:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; a transposable 2:4 mask needs both sizes to be "
+                         "multiples of 4 (4x4 tiles)")
+    work = torch.float64 if weight.device.type == "cpu" else torch.float32
+    tiles = weight.detach().abs().to(work).reshape(rows // 4, 4, cols // 4, 4).permute(0, 2, 1, 3)
+    patterns = tile_patterns(weight.device, work)
+    best = (tiles.reshape(-1, 16) @ patterns.T).argmax(dim=1)  # argmax returns the first maximum
+    chosen = patterns[best].reshape(rows // 4, cols // 4, 4, 4).permute(0, 2, 1, 3)
+    return chosen.reshape(rows, cols).bool()
+
+
+def is_24(mask_or_weight: torch.Tensor) -> bool:
+    """Whether every group of 4 consecutive entries along the last dim has at most 2 non-zeros (True entries)."""
+    t = mask_or_weight
+    if t.dim() == 0 or t.shape[-1] % 4:
+        return False
+    return bool(((t != 0).reshape(*t.shape[:-1], -1, 4).sum(-1) <= 2).all())
+
+
+def is_transposable_24(mask_or_weight: torch.Tensor) -> bool:
+    """Whether a 2-D tensor is 2:4 along its rows and along its columns (so its transpose is 2:4 too)."""
+    t = mask_or_weight
+    return t.dim() == 2 and is_24(t) and is_24(t.T)
+
+
+def sparse24_mask(weight: torch.Tensor, transpose: str = "transposable") -> torch.Tensor:
+    """The training mask for `weight`: transposable 2:4 tiles, or plain 2:4 along rows (``"recompress"``)."""
+    if transpose not in TRANSPOSE_MODES:
+        raise ValueError(f"transpose must be one of {TRANSPOSE_MODES}, got {transpose!r}")
+    if transpose == "transposable":
+        return transposable_mask(weight)
+    _check_weight(weight)
+    return prune_rows(weight.detach())
+
+
+def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """weight with dropped entries set to +0 (no -0.0, so compressors see true zeros)."""
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+
+# -------------------------------------------------------------------------------------------------- backends
+class DenseBackend:
+    """The reference: every product with the masked dense weight (CPU or GPU, any float dtype)."""
+
+    name = "dense"
+
+    def load(self, weight_s: torch.Tensor, transpose: str) -> None:
+        """Hold W_s and the weight the input gradient uses (W_s itself, or its 2:4 re-pruned transpose)."""
+        self.weight_s = weight_s
+        self.weight_t = weight_s.T if transpose == "transposable" else _masked(weight_s.T, prune_rows(weight_s.T))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, self.weight_s, bias)
+
+    def grad_input(self, grad_y: torch.Tensor) -> torch.Tensor:
+        return grad_y @ self.weight_t.T
+
+
+class CusparseltBackend:
+    """Forward and input gradient on sparse tensor cores through our cuSPARSELt binding: W_s (N, K) and
+    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update."""
+
+    name = "cusparselt"
+
+    def __init__(self) -> None:
+        self.forward_weight = None
+        self.backward_weight = None
+
+    def load(self, weight_s: torch.Tensor, transpose: str) -> None:
+        from sparsity_lab.cusparselt import Semi24Weight
+
+        weight_t = weight_s.T.contiguous()
+        if transpose == "recompress":
+            weight_t = _masked(weight_t, prune_rows(weight_t))
+        if self.forward_weight is None or self.forward_weight.shape != tuple(weight_s.shape):
+            self.forward_weight = Semi24Weight.from_dense(weight_s)
+            self.backward_weight = Semi24Weight.from_dense(weight_t)
+        else:
+            self.forward_weight.recompress(weight_s)
+            self.backward_weight.recompress(weight_t)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.forward_weight.linear(x, bias=bias)  # bias added in cuSPARSELt's epilogue
+
+    def grad_input(self, grad_y: torch.Tensor) -> torch.Tensor:
+        return self.backward_weight.linear(grad_y)
+
+
+def cusparselt_unavailable(weight: torch.Tensor) -> str | None:
+    """Why the cuSPARSELt backend cannot train `weight` here (None when it can)."""
+    if weight.device.type != "cuda":
+        return f"the cusparselt backend needs a CUDA weight; this one is on {weight.device}"
+    if weight.dtype not in (torch.float16, torch.bfloat16):
+        return f"the cusparselt backend trains float16 or bfloat16 weights, not {weight.dtype}"
+    n, k = weight.shape
+    if n % 16 or k % 16:
+        return f"the cusparselt backend needs both sizes of the weight to be multiples of 16, got {(n, k)}"
+    from sparsity_lab.cusparselt import CusparseLtError, load_library
+
+    try:
+        load_library()
+    except CusparseLtError as error:
+        return str(error)
+    return None
+
+
+# -------------------------------------------------------------------------------------------------- autograd
+class Sparse24LinearFunction(torch.autograd.Function):
+    """y = x W_sᵀ + b with the backend's 2:4 products; dW by the straight-through estimator (+ SR-STE)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                backend: DenseBackend | CusparseltBackend, srste_decay: float) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        y = backend.forward(x2, bias)
+        ctx.save_for_backward(x2, weight, mask)
+        ctx.backend, ctx.srste_decay, ctx.has_bias, ctx.shape = backend, srste_decay, bias is not None, shape
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x2, weight, mask = ctx.saved_tensors
+        grad_y = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.backend.grad_input(grad_y).reshape(ctx.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_y.T @ x2  # straight through: every entry, kept or pruned
+            if ctx.srste_decay:
+                grad_w = grad_w + ctx.srste_decay * _masked(weight, ~mask)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum(0)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def sparse24_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                    transpose: str = "transposable", srste_decay: float = 0.0) -> torch.Tensor:
+    """Functional 2:4 training linear on the dense reference backend (any device, differentiable)."""
+    backend = DenseBackend()
+    backend.load(_masked(weight.detach(), mask), transpose)
+    return Sparse24LinearFunction.apply(x, weight, bias, mask, backend, srste_decay)
+
+
+# -------------------------------------------------------------------------------------------------- layer
+class Sparse24Linear(nn.Module):
+    """A linear layer trained with a 2:4 weight: dense master weight, 2:4 mask (a buffer), 2:4 products.
+
+    `mask`: "dynamic" (recomputed from |W| every training step) or "fixed"; `transpose`: "transposable" or
+    "recompress" (how the input gradient gets a 2:4 Wᵀ); `srste_decay`: SR-STE's λ (0 = plain STE);
+    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mask: str = "dynamic",
+                 transpose: str = "transposable", srste_decay: float = 0.0, backend: str = "auto",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if mask not in MASK_MODES:
+            raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
+        if transpose not in TRANSPOSE_MODES:
+            raise ValueError(f"transpose must be one of {TRANSPOSE_MODES}, got {transpose!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if srste_decay < 0:
+            raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
+        multiple = 4 if transpose == "transposable" else 1
+        if in_features % 4 or out_features % multiple:
+            need = "both sizes multiples of 4" if multiple == 4 else "in_features a multiple of 4"
+            raise ValueError(f"Sparse24Linear({in_features}, {out_features}) with transpose={transpose!r} needs "
+                             f"{need}")
+        self.in_features, self.out_features = in_features, out_features
+        self.mask_mode, self.transpose, self.srste_decay, self.backend_name = mask, transpose, srste_decay, backend
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        nn.Linear.reset_parameters(self)
+        self.register_buffer("mask", sparse24_mask(self.weight, transpose))
+        self._backend: DenseBackend | CusparseltBackend | None = None
+        self._loaded_version: tuple[int, int] | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> Sparse24Linear:
+        """A Sparse24Linear with `linear`'s weight and bias (the mask computed from that weight)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.update_mask()
+        return layer
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"mask={self.mask_mode}, transpose={self.transpose}, srste_decay={self.srste_decay}, "
+                f"backend={self.backend_name}")
+
+    @torch.no_grad()
+    def update_mask(self) -> None:
+        """Recompute the 2:4 mask from the current weight (what ``mask="dynamic"`` does every training step)."""
+        self.mask.copy_(sparse24_mask(self.weight, self.transpose))
+        self._loaded_version = None
+
+    def backend(self) -> DenseBackend | CusparseltBackend:
+        """The backend in use, chosen on first use for ``backend="auto"``."""
+        name = self.backend_name
+        if name == "auto":
+            name = "dense" if cusparselt_unavailable(self.weight) else "cusparselt"
+        elif name == "cusparselt" and (reason := cusparselt_unavailable(self.weight)):
+            raise RuntimeError(f"Sparse24Linear(backend='cusparselt'): {reason}")
+        if self._backend is None or self._backend.name != name:
+            self._backend = CusparseltBackend() if name == "cusparselt" else DenseBackend()
+            self._loaded_version = None
+        return self._backend
+
+    def sparse_weight(self) -> torch.Tensor:
+        """W ⊙ mask: the 2:4 weight the forward pass multiplies by (detached)."""
+        return _masked(self.weight.detach(), self.mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.mask_mode == "dynamic" and torch.is_grad_enabled():
+            self.update_mask()
+        backend = self.backend()
+        version = (self.weight._version, self.mask._version)
+        if self._loaded_version != version:  # the weight moved (optimizer step) or the mask changed
+            backend.load(self.sparse_weight(), self.transpose)
+            self._loaded_version = version
+        return Sparse24LinearFunction.apply(x, self.weight, self.bias, self.mask, backend, self.srste_decay)
+
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear holding W ⊙ mask (for export, or for the inference `SparseLinear` swap)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.sparse_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+def fits(linear: nn.Linear, transpose: str = "transposable") -> bool:
+    """Whether `linear` can become a Sparse24Linear (sizes multiples of 4 as the transpose mode needs)."""
+    return linear.in_features % 4 == 0 and (transpose != "transposable" or linear.out_features % 4 == 0)
+
+
+def swap_to_sparse24(model: nn.Module, skip: tuple[str, ...] = (), **kwargs) -> list[str]:
+    """Replace, in place, every nn.Linear of `model` that fits (and whose name is not in `skip`) by a
+    `Sparse24Linear` with its weights; returns the names swapped. kwargs go to `Sparse24Linear`."""
+    transpose = kwargs.get("transpose", "transposable")
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and not isinstance(module, Sparse24Linear) and name not in skip \
+                and fits(module, transpose):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, Sparse24Linear.from_linear(module, **kwargs))
+            swapped.append(name)
+    return swapped
+
+
+def to_dense_linears(model: nn.Module) -> list[str]:
+    """Replace, in place, every Sparse24Linear by an nn.Linear holding its 2:4 weight; returns the names."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Sparse24Linear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.to_linear())
+            replaced.append(name)
+    return replaced
+
+
+def sparse24_layers(model: nn.Module) -> dict[str, Sparse24Linear]:
+    """The Sparse24Linear layers of `model` by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, Sparse24Linear)}
+
+
+class SparseMLP(nn.Module):
+    """The transformer MLP block the speed target is set on: Linear(d, h) -> GELU -> Linear(h, d), either dense
+    (`nn.Linear`) or with 2:4 training layers (`sparse=True`, kwargs to `Sparse24Linear`)."""
+
+    def __init__(self, dim: int = 1024, hidden: int = 4096, sparse: bool = True, **kwargs) -> None:
+        super().__init__()
+        layer = (lambda i, o: Sparse24Linear(i, o, **kwargs)) if sparse else (
+            lambda i, o: nn.Linear(i, o, device=kwargs.get("device"), dtype=kwargs.get("dtype")))
+        self.fc1, self.fc2 = layer(dim, hidden), layer(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
