@@ -106,15 +106,46 @@ def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------------- backends
+def _transpose_24(weight_s: torch.Tensor) -> torch.Tensor:
+    """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``); Triton on CUDA (no host sync)."""
+    from sparsity_lab.semi24_matmul import prune24
+
+    return prune24(weight_s.T.contiguous())
+
+
+def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str = "transposable"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask, W_s, W_sᵀ as the input gradient uses it) for one training step. `mask=None` computes the mask
+    from |W| (on CUDA with the one-pass Triton kernel for transposable masks); otherwise `mask` is applied."""
+    weight = weight.detach()
+    if mask is None and transpose == "transposable" and weight.is_cuda and _has_triton() \
+            and weight.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        from sparsity_lab.kernels.transposable24 import transposable_prune
+
+        return transposable_prune(weight)
+    if mask is None:
+        mask = sparse24_mask(weight, transpose)
+    weight_s = _masked(weight, mask)
+    weight_t = weight_s.T.contiguous() if transpose == "transposable" else _transpose_24(weight_s)
+    return mask, weight_s, weight_t
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class DenseBackend:
     """The reference: every product with the masked dense weight (CPU or GPU, any float dtype)."""
 
     name = "dense"
 
-    def load(self, weight_s: torch.Tensor, transpose: str) -> None:
-        """Hold W_s and the weight the input gradient uses (W_s itself, or its 2:4 re-pruned transpose)."""
-        self.weight_s = weight_s
-        self.weight_t = weight_s.T if transpose == "transposable" else _masked(weight_s.T, prune_rows(weight_s.T))
+    def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
+        """Hold W_s and the weight the input gradient uses (W_sᵀ, or its 2:4 re-pruned version)."""
+        self.weight_s, self.weight_t = weight_s, weight_t
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, self.weight_s, bias)
@@ -133,12 +164,9 @@ class CusparseltBackend:
         self.forward_weight = None
         self.backward_weight = None
 
-    def load(self, weight_s: torch.Tensor, transpose: str) -> None:
+    def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
         from sparsity_lab.cusparselt import Semi24Weight
 
-        weight_t = weight_s.T.contiguous()
-        if transpose == "recompress":
-            weight_t = _masked(weight_t, prune_rows(weight_t))
         if self.forward_weight is None or self.forward_weight.shape != tuple(weight_s.shape):
             self.forward_weight = Semi24Weight.from_dense(weight_s)
             self.backward_weight = Semi24Weight.from_dense(weight_t)
@@ -181,7 +209,8 @@ class Sparse24LinearFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         y = backend.forward(x2, bias)
-        ctx.save_for_backward(x2, weight, mask)
+        # a clone: a later forward may update the layer's mask in place before this backward runs
+        ctx.save_for_backward(x2, weight, mask.clone() if srste_decay else None)
         ctx.backend, ctx.srste_decay, ctx.has_bias, ctx.shape = backend, srste_decay, bias is not None, shape
         return y.reshape(*shape[:-1], y.shape[-1])
 
@@ -195,7 +224,7 @@ class Sparse24LinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = grad_y.T @ x2  # straight through: every entry, kept or pruned
             if ctx.srste_decay:
-                grad_w = grad_w + ctx.srste_decay * _masked(weight, ~mask)
+                grad_w = grad_w + ctx.srste_decay * _masked(weight, ~mask)  # pulls pruned weights to zero
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum(0)
         return grad_x, grad_w, grad_b, None, None, None
@@ -205,7 +234,7 @@ def sparse24_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
                     transpose: str = "transposable", srste_decay: float = 0.0) -> torch.Tensor:
     """Functional 2:4 training linear on the dense reference backend (any device, differentiable)."""
     backend = DenseBackend()
-    backend.load(_masked(weight.detach(), mask), transpose)
+    backend.load(*sparse_pair(weight, mask, transpose)[1:])
     return Sparse24LinearFunction.apply(x, weight, bias, mask, backend, srste_decay)
 
 
@@ -242,6 +271,7 @@ class Sparse24Linear(nn.Module):
         nn.Linear.reset_parameters(self)
         self.register_buffer("mask", sparse24_mask(self.weight, transpose))
         self._backend: DenseBackend | CusparseltBackend | None = None
+        self._backend_key: tuple | None = None
         self._loaded_version: tuple[int, int] | None = None
 
     @classmethod
@@ -264,33 +294,39 @@ class Sparse24Linear(nn.Module):
     @torch.no_grad()
     def update_mask(self) -> None:
         """Recompute the 2:4 mask from the current weight (what ``mask="dynamic"`` does every training step)."""
-        self.mask.copy_(sparse24_mask(self.weight, self.transpose))
-        self._loaded_version = None
+        self._load(recompute_mask=True)
 
     def backend(self) -> DenseBackend | CusparseltBackend:
-        """The backend in use, chosen on first use for ``backend="auto"``."""
-        name = self.backend_name
-        if name == "auto":
-            name = "dense" if cusparselt_unavailable(self.weight) else "cusparselt"
-        elif name == "cusparselt" and (reason := cusparselt_unavailable(self.weight)):
-            raise RuntimeError(f"Sparse24Linear(backend='cusparselt'): {reason}")
-        if self._backend is None or self._backend.name != name:
-            self._backend = CusparseltBackend() if name == "cusparselt" else DenseBackend()
-            self._loaded_version = None
+        """The backend in use: for ``backend="auto"``, cuSPARSELt where it can run, chosen per device and dtype."""
+        key = (self.weight.device, self.weight.dtype)
+        if self._backend is None or self._backend_key != key:
+            name = self.backend_name
+            reason = cusparselt_unavailable(self.weight) if name != "dense" else None
+            if name == "cusparselt" and reason:
+                raise RuntimeError(f"Sparse24Linear(backend='cusparselt'): {reason}")
+            self._backend = DenseBackend() if name == "dense" or reason else CusparseltBackend()
+            self._backend_key, self._loaded_version = key, None
         return self._backend
 
     def sparse_weight(self) -> torch.Tensor:
         """W ⊙ mask: the 2:4 weight the forward pass multiplies by (detached)."""
         return _masked(self.weight.detach(), self.mask)
 
+    @torch.no_grad()
+    def _load(self, recompute_mask: bool) -> None:
+        """Hand the backend this step's W_s and W_sᵀ (recomputing the mask first when asked)."""
+        mask, weight_s, weight_t = sparse_pair(self.weight, None if recompute_mask else self.mask, self.transpose)
+        if recompute_mask:
+            self.mask.copy_(mask)
+        self.backend().load(weight_s, weight_t)
+        self._loaded_version = (self.weight._version, self.mask._version)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.mask_mode == "dynamic" and torch.is_grad_enabled():
-            self.update_mask()
         backend = self.backend()
-        version = (self.weight._version, self.mask._version)
-        if self._loaded_version != version:  # the weight moved (optimizer step) or the mask changed
-            backend.load(self.sparse_weight(), self.transpose)
-            self._loaded_version = version
+        if self.training and self.mask_mode == "dynamic" and torch.is_grad_enabled():
+            self._load(recompute_mask=True)
+        elif self._loaded_version != (self.weight._version, self.mask._version):  # an optimizer step, a new mask
+            self._load(recompute_mask=False)
         return Sparse24LinearFunction.apply(x, self.weight, self.bias, self.mask, backend, self.srste_decay)
 
     def to_linear(self) -> nn.Linear:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from sparsity_lab.checks import relative_error
 from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
-from sparsity_lab.sparse_training import SparseMLP, transposable_mask
+from sparsity_lab.sparse_training import SparseMLP, sparse_pair
 
 NAME = "sparse_training_gpu"
 VARIANTS = ("dynamic", "fixed mask", "kernels only")
@@ -149,8 +149,10 @@ def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor,
             b.forward(i, None))
         add(f"{name} dx = dy W", lambda g=g, d=d_layer: g @ d.weight, lambda g=g, b=backend: b.grad_input(g))
         add(f"{name} dW = dyᵀ x", lambda g=g, i=inp: g.T @ i, lambda g=g, i=inp: g.T @ i)
-        add(f"{name} transposable mask", None, lambda s=s_layer: transposable_mask(s.weight))
-        add(f"{name} compress W_s, W_sᵀ", None, lambda s=s_layer, b=backend: b.load(s.sparse_weight(), s.transpose))
+        add(f"{name} mask + W_s + W_sᵀ", None, lambda s=s_layer: sparse_pair(s.weight, None, s.transpose))
+        add(f"{name} W_s + W_sᵀ (fixed mask)", None, lambda s=s_layer: sparse_pair(s.weight, s.mask, s.transpose))
+        pair = sparse_pair(s_layer.weight, s_layer.mask, s_layer.transpose)[1:]
+        add(f"{name} compress W_s, W_sᵀ", None, lambda b=backend, p=pair: b.load(*p))
     add("GELU forward", lambda h=hidden: F.gelu(h), lambda h=hidden: F.gelu(h))
     add("GELU backward", lambda h=hidden: torch.ops.aten.gelu_backward(h, h),
         lambda h=hidden: torch.ops.aten.gelu_backward(h, h))
@@ -201,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += result["rows"]
             parts += result["breakdown"]
             checks.append(result["check"])
+            for part in result["breakdown"]:
+                dense_ms = "" if part["dense_ms"] is None else f"dense {part['dense_ms']:.4f} ms, "
+                print(f"    {part['part']:>28}: {dense_ms}2:4 path {part['sparse_ms']:.4f} ms", flush=True)
             for row in result["rows"]:
                 print(f"{row['dtype']:>9} M={m:>6} {row['variant']:>13}: dense {row['dense_ms']:.3f} ms, "
                       f"2:4 {row['sparse_ms']:.3f} ms, {row['speedup']:.2f}x", flush=True)
