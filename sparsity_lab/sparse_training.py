@@ -35,6 +35,7 @@ from sparsity_lab.semi24 import prune as prune_rows
 MASK_MODES = ("dynamic", "fixed")
 TRANSPOSE_MODES = ("transposable", "recompress")
 BACKENDS = ("auto", "dense", "cusparselt")
+COMPRESSORS = ("cusparselt", "torch_tile")
 
 
 # -------------------------------------------------------------------------------------------------- masks
@@ -156,11 +157,16 @@ class DenseBackend:
 
 class CusparseltBackend:
     """Forward and input gradient on sparse tensor cores through our cuSPARSELt binding: W_s (N, K) and
-    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update."""
+    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update, by cuSPARSELt's
+    compressor (two calls) or, with ``compressor="torch_tile"``, by PyTorch's fused kernel that writes both
+    compressed buffers from W_s in one pass (transposable masks only: it compresses the transpose of W_s)."""
 
     name = "cusparselt"
 
-    def __init__(self) -> None:
+    def __init__(self, compressor: str = "cusparselt") -> None:
+        if compressor not in COMPRESSORS:
+            raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
+        self.compressor = compressor
         self.forward_weight = None
         self.backward_weight = None
 
@@ -170,6 +176,10 @@ class CusparseltBackend:
         if self.forward_weight is None or self.forward_weight.shape != tuple(weight_s.shape):
             self.forward_weight = Semi24Weight.from_dense(weight_s)
             self.backward_weight = Semi24Weight.from_dense(weight_t)
+        elif self.compressor == "torch_tile":
+            packed, _, packed_t, _, _ = torch._sparse_semi_structured_tile(weight_s, "", False)
+            self.forward_weight.load_compressed(packed)
+            self.backward_weight.load_compressed(packed_t)
         else:
             self.forward_weight.recompress(weight_s)
             self.backward_weight.recompress(weight_t)
@@ -244,11 +254,13 @@ class Sparse24Linear(nn.Module):
 
     `mask`: "dynamic" (recomputed from |W| every training step) or "fixed"; `transpose`: "transposable" or
     "recompress" (how the input gradient gets a 2:4 Wᵀ); `srste_decay`: SR-STE's λ (0 = plain STE);
-    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense)."""
+    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense); `compressor`: how the
+    cuSPARSELt backend compresses W_s and W_sᵀ each step (see `CusparseltBackend`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mask: str = "dynamic",
                  transpose: str = "transposable", srste_decay: float = 0.0, backend: str = "auto",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 compressor: str = "cusparselt", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if mask not in MASK_MODES:
             raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
@@ -256,6 +268,9 @@ class Sparse24Linear(nn.Module):
             raise ValueError(f"transpose must be one of {TRANSPOSE_MODES}, got {transpose!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if compressor not in COMPRESSORS or (compressor == "torch_tile" and transpose != "transposable"):
+            raise ValueError(f"compressor must be one of {COMPRESSORS} ('torch_tile' with transposable masks only), "
+                             f"got {compressor!r} with transpose={transpose!r}")
         if srste_decay < 0:
             raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
         multiple = 4 if transpose == "transposable" else 1
@@ -265,6 +280,7 @@ class Sparse24Linear(nn.Module):
                              f"{need}")
         self.in_features, self.out_features = in_features, out_features
         self.mask_mode, self.transpose, self.srste_decay, self.backend_name = mask, transpose, srste_decay, backend
+        self.compressor = compressor
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
@@ -304,7 +320,7 @@ class Sparse24Linear(nn.Module):
             reason = cusparselt_unavailable(self.weight) if name != "dense" else None
             if name == "cusparselt" and reason:
                 raise RuntimeError(f"Sparse24Linear(backend='cusparselt'): {reason}")
-            self._backend = DenseBackend() if name == "dense" or reason else CusparseltBackend()
+            self._backend = DenseBackend() if name == "dense" or reason else CusparseltBackend(self.compressor)
             self._backend_key, self._loaded_version = key, None
         return self._backend
 

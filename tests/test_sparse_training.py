@@ -65,6 +65,8 @@ def test_masks_refuse_bad_shapes_and_values():
         Sparse24Linear(8, 8, transpose="sideways")
     with pytest.raises(ValueError, match="needs both sizes multiples of 4"):
         Sparse24Linear(8, 10)
+    with pytest.raises(ValueError, match="compressor"):
+        Sparse24Linear(8, 8, transpose="recompress", compressor="torch_tile")
     with pytest.raises(ValueError, match="srste_decay"):
         Sparse24Linear(8, 8, srste_decay=-1.0)
 
@@ -191,9 +193,10 @@ def test_ddp_on_gloo_keeps_ranks_identical_and_learns():
 
 
 # ------------------------------------------------------------------------------------------------- GPU
-def _gpu_case(dtype, transpose="transposable"):
+def _gpu_case(dtype, transpose="transposable", compressor="cusparselt"):
     torch.manual_seed(0)
-    layer = Sparse24Linear(256, 512, transpose=transpose, backend="cusparselt", device="cuda", dtype=dtype)
+    layer = Sparse24Linear(256, 512, transpose=transpose, backend="cusparselt", compressor=compressor, device="cuda",
+                           dtype=dtype)
     reference = Sparse24Linear(256, 512, transpose=transpose, backend="dense", device="cuda", dtype=torch.float32)
     reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in layer.state_dict().items()})
     return layer, reference
@@ -221,8 +224,9 @@ def test_cusparselt_backend_matches_the_dense_reference(dtype, transpose):
 
 
 @pytest.mark.gpu
-def test_cusparselt_training_steps_recompress_in_place():
-    layer, _ = _gpu_case(torch.float16)
+@pytest.mark.parametrize("compressor", ["cusparselt", "torch_tile"])
+def test_cusparselt_training_steps_recompress_in_place(compressor):
+    layer, _ = _gpu_case(torch.float16, compressor=compressor)
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     pointers = set()
     for _ in range(4):
@@ -253,3 +257,16 @@ def test_sparse_mlp_block_trains_on_the_gpu():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_readme_training_quick_start_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### 2:4 training\s*```python\n(.+?)\n```", readme, re.DOTALL)
+    assert block, "README.md must keep the 2:4 training quick start"
+    namespace: dict = {}
+    exec(compile(block.group(1), "README 2:4 training", "exec"), namespace)
+    assert namespace["is_transposable_24"](namespace["model"].net[1].weight)
+    assert isinstance(namespace["model"].net[1], nn.Linear)
