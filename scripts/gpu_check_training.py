@@ -1,13 +1,11 @@
-"""GPU calls for 2:4 training (issue 9) and a re-check of the int8 kernels (issue 8). Call 1 (no argument):
+"""One GPU call for 2:4 training (issue 9) and a re-check of the int8 kernels (issue 8):
 
 1. probe, in a subprocess (a bad cuSPARSELt plan can poison the CUDA context), that our binding reads a
    column-major x in place (x_order=COL): correct against dense, and timed against the copy-to-row-major route;
 2. the sparse-training benchmark (recorded file written under $OUT), with column-major reading on, then off;
 3. the GPU-marked tests of every test file, and the int8 2:4 benchmark re-recorded.
 
-    OUT=/tmp/out python scripts/gpu_check_training.py            # call 1
-    OUT=/tmp/out python scripts/gpu_check_training.py --profile  # call 2 (with the benchmark run after it)
-    OUT=/tmp/out python scripts/gpu_check_training.py --final    # call 3: tile compressor probe, benchmark, tests
+    OUT=/tmp/out python scripts/gpu_check_training.py
 """
 
 from __future__ import annotations
@@ -90,45 +88,6 @@ def profile() -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
-def probe_tile() -> dict:
-    """PyTorch's fused tile compressor against cuSPARSELt's: byte-equal buffers for W_s and W_sᵀ (from our mask
-    kernel), equal matmul outputs, and the time of each compressor and of our (autotuned) mask kernel."""
-    import torch
-
-    from sparsity_lab import cusparselt
-    from sparsity_lab.bench._timing import loop_ms
-    from sparsity_lab.kernels import transposable24
-
-    report = {}
-    for dtype in (torch.float16, torch.bfloat16):
-        for n, k in ((4096, 1024), (1024, 4096)):
-            w = torch.randn(n, k, device="cuda", dtype=dtype)
-            _, ws, wst = transposable24.transposable_prune(w)
-            ours, ours_t = cusparselt.Semi24Weight.from_dense(ws), cusparselt.Semi24Weight.from_dense(wst)
-            packed, _, packed_t, _, _ = torch._sparse_semi_structured_tile(ws, "", False)
-            tiled = cusparselt.Semi24Weight.from_dense(ws)
-            tiled.load_compressed(packed)
-            x = torch.randn(512, k, device="cuda", dtype=dtype)
-            raw, raw_t = packed.reshape(-1).view(torch.uint8), packed_t.reshape(-1).view(torch.uint8)
-            entry = {
-                "bytes_equal": raw.numel() == ours.compressed.numel() and torch.equal(raw, ours.compressed),
-                "bytes_equal_t": raw_t.numel() == ours_t.compressed.numel() and torch.equal(raw_t, ours_t.compressed),
-                "linear_equal": torch.equal(tiled.linear(x), ours.linear(x)),
-                "tile_ms": loop_ms(lambda ws=ws: torch._sparse_semi_structured_tile(ws, "", False)),
-                "cusparselt_ms": loop_ms(lambda a=ours, b=ours_t, ws=ws, wst=wst: (a.recompress(ws),
-                                                                                  b.recompress(wst))),
-                "mask_kernel_ms": loop_ms(lambda w=w: transposable24.transposable_prune(w)),
-            }
-            for tiles in ((4, 4), (8, 8), (8, 16), (16, 8), (16, 16)):
-                entry[f"mask_kernel_{tiles[0]}x{tiles[1]}_ms"] = loop_ms(
-                    lambda w=w, t=tiles: transposable24.transposable_prune(w, *t))
-            best = getattr(transposable24._kernel(tuned=True), "best_config", None)
-            entry["autotuned"] = str(best)
-            report[f"{dtype} {n}x{k}"] = entry
-            log(f"{dtype} {n}x{k}", entry)
-    return report
-
-
 def run(command: list[str], name: str, timeout: int, env: dict | None = None) -> int:
     log("$", " ".join(command))
     with open(OUT / f"{name}.log", "w") as handle:
@@ -143,29 +102,7 @@ def run(command: list[str], name: str, timeout: int, env: dict | None = None) ->
     return code
 
 
-def final() -> None:
-    """Call 3: the tile-compressor probe, then the recorded benchmark with every compressor that passed, then
-    the GPU tests of the training files."""
-    summary = {"probe_tile": run([sys.executable, __file__, "--tile"], "probe_tile", 150)}
-    tile_ok = summary["probe_tile"] == 0 and all(
-        v["linear_equal"] for v in json.loads((OUT / "probe_tile.json").read_text()).values())
-    compressors = "cusparselt,torch_tile" if tile_ok else "cusparselt"
-    summary["bench"] = run([sys.executable, "-m", "sparsity_lab", "bench", "sparse_training", "--compressors",
-                            compressors, "--out", str(OUT / "sparse_training_gpu.json")], "bench", 240)
-    summary["pytest"] = run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
-                             "-m", "gpu", "tests/test_transposable_kernel.py", "tests/test_sparse_training.py",
-                             "tests/test_cusparselt.py"], "pytest", 150)
-    (OUT / "summary.json").write_text(json.dumps({**summary, "tile_ok": tile_ok}, indent=1))
-    log("done", summary)
-
-
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--tile":
-        (OUT / "probe_tile.json").write_text(json.dumps(probe_tile(), indent=1))
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "--final":
-        final()
-        return
     if len(sys.argv) > 1 and sys.argv[1] == "--profile":
         profile()
         return

@@ -645,15 +645,6 @@ class Semi24Weight:
                                                 ctypes.c_void_p(_current_raw_stream(dense.device.index))),
               "cusparseLtSpMMACompress2")
 
-    def load_compressed(self, compressed: torch.Tensor) -> None:
-        """Copy an already-compressed buffer in cuSPARSELt's layout (e.g. the ``packed`` tensor of PyTorch's fused
-        ``torch._sparse_semi_structured_tile(w, use_cutlass=False)``) into this weight's buffer, in place."""
-        raw = compressed.detach().reshape(-1).view(torch.uint8)
-        if raw.numel() != self.compressed.numel() or raw.device != self.compressed.device:
-            raise ValueError(f"compressed buffer has {raw.numel()} bytes on {raw.device}; this weight needs "
-                             f"{self.compressed.numel()} on {self.compressed.device}")
-        self.compressed.copy_(raw)
-
     def is_24(self, dense: torch.Tensor) -> bool:
         """cuSPARSELt's own check that `dense` (shaped like this weight) is 2:4 along its rows."""
         valid = torch.zeros(1, dtype=torch.int32, device=dense.device)

@@ -43,6 +43,7 @@ def _worker(rank: int, world_size: int, store: str, out_dir: str, steps: int, se
             lr: float, device: str, layer_kwargs: dict) -> None:
     """One rank: train `steps` steps with DDP, then save its losses, weights and masks for the parent."""
     backend = "nccl" if device == "cuda" else "gloo"
+    torch.set_num_threads(1)  # one CPU thread per rank: the ranks share the machine's cores
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         target = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")

@@ -35,7 +35,6 @@ from sparsity_lab.semi24 import prune as prune_rows
 MASK_MODES = ("dynamic", "fixed")
 TRANSPOSE_MODES = ("transposable", "recompress")
 BACKENDS = ("auto", "dense", "cusparselt")
-COMPRESSORS = ("cusparselt", "torch_tile")
 
 
 # -------------------------------------------------------------------------------------------------- masks
@@ -108,10 +107,13 @@ def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------------------- backends
 def _transpose_24(weight_s: torch.Tensor) -> torch.Tensor:
-    """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``); Triton on CUDA (no host sync)."""
-    from sparsity_lab.semi24_matmul import prune24
+    """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``); Triton for 16-bit CUDA weights."""
+    weight_t = weight_s.T.contiguous()
+    if weight_t.is_cuda and weight_t.dtype in (torch.float16, torch.bfloat16) and _has_triton():
+        from sparsity_lab.kernels.semi24_compress import prune_and_compress
 
-    return prune24(weight_s.T.contiguous())
+        return prune_and_compress(weight_t, return_pruned=True)[2]
+    return _masked(weight_t, prune_rows(weight_t))
 
 
 def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str = "transposable"
@@ -157,16 +159,11 @@ class DenseBackend:
 
 class CusparseltBackend:
     """Forward and input gradient on sparse tensor cores through our cuSPARSELt binding: W_s (N, K) and
-    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update, by cuSPARSELt's
-    compressor (two calls) or, with ``compressor="torch_tile"``, by PyTorch's fused kernel that writes both
-    compressed buffers from W_s in one pass (transposable masks only: it compresses the transpose of W_s)."""
+    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update."""
 
     name = "cusparselt"
 
-    def __init__(self, compressor: str = "cusparselt") -> None:
-        if compressor not in COMPRESSORS:
-            raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
-        self.compressor = compressor
+    def __init__(self) -> None:
         self.forward_weight = None
         self.backward_weight = None
 
@@ -176,10 +173,6 @@ class CusparseltBackend:
         if self.forward_weight is None or self.forward_weight.shape != tuple(weight_s.shape):
             self.forward_weight = Semi24Weight.from_dense(weight_s)
             self.backward_weight = Semi24Weight.from_dense(weight_t)
-        elif self.compressor == "torch_tile":
-            packed, _, packed_t, _, _ = torch._sparse_semi_structured_tile(weight_s, "", False)
-            self.forward_weight.load_compressed(packed)
-            self.backward_weight.load_compressed(packed_t)
         else:
             self.forward_weight.recompress(weight_s)
             self.backward_weight.recompress(weight_t)
@@ -254,13 +247,11 @@ class Sparse24Linear(nn.Module):
 
     `mask`: "dynamic" (recomputed from |W| every training step) or "fixed"; `transpose`: "transposable" or
     "recompress" (how the input gradient gets a 2:4 Wᵀ); `srste_decay`: SR-STE's λ (0 = plain STE);
-    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense); `compressor`: how the
-    cuSPARSELt backend compresses W_s and W_sᵀ each step (see `CusparseltBackend`)."""
+    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mask: str = "dynamic",
                  transpose: str = "transposable", srste_decay: float = 0.0, backend: str = "auto",
-                 compressor: str = "cusparselt", device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if mask not in MASK_MODES:
             raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
@@ -268,9 +259,6 @@ class Sparse24Linear(nn.Module):
             raise ValueError(f"transpose must be one of {TRANSPOSE_MODES}, got {transpose!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if compressor not in COMPRESSORS or (compressor == "torch_tile" and transpose != "transposable"):
-            raise ValueError(f"compressor must be one of {COMPRESSORS} ('torch_tile' with transposable masks only), "
-                             f"got {compressor!r} with transpose={transpose!r}")
         if srste_decay < 0:
             raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
         multiple = 4 if transpose == "transposable" else 1
@@ -280,7 +268,6 @@ class Sparse24Linear(nn.Module):
                              f"{need}")
         self.in_features, self.out_features = in_features, out_features
         self.mask_mode, self.transpose, self.srste_decay, self.backend_name = mask, transpose, srste_decay, backend
-        self.compressor = compressor
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
@@ -320,7 +307,7 @@ class Sparse24Linear(nn.Module):
             reason = cusparselt_unavailable(self.weight) if name != "dense" else None
             if name == "cusparselt" and reason:
                 raise RuntimeError(f"Sparse24Linear(backend='cusparselt'): {reason}")
-            self._backend = DenseBackend() if name == "dense" or reason else CusparseltBackend(self.compressor)
+            self._backend = DenseBackend() if name == "dense" or reason else CusparseltBackend()
             self._backend_key, self._loaded_version = key, None
         return self._backend
 

@@ -65,8 +65,6 @@ def test_masks_refuse_bad_shapes_and_values():
         Sparse24Linear(8, 8, transpose="sideways")
     with pytest.raises(ValueError, match="needs both sizes multiples of 4"):
         Sparse24Linear(8, 10)
-    with pytest.raises(ValueError, match="compressor"):
-        Sparse24Linear(8, 8, transpose="recompress", compressor="torch_tile")
     with pytest.raises(ValueError, match="srste_decay"):
         Sparse24Linear(8, 8, srste_decay=-1.0)
 
@@ -193,10 +191,9 @@ def test_ddp_on_gloo_keeps_ranks_identical_and_learns():
 
 
 # ------------------------------------------------------------------------------------------------- GPU
-def _gpu_case(dtype, transpose="transposable", compressor="cusparselt"):
+def _gpu_case(dtype, transpose="transposable"):
     torch.manual_seed(0)
-    layer = Sparse24Linear(256, 512, transpose=transpose, backend="cusparselt", compressor=compressor, device="cuda",
-                           dtype=dtype)
+    layer = Sparse24Linear(256, 512, transpose=transpose, backend="cusparselt", device="cuda", dtype=dtype)
     reference = Sparse24Linear(256, 512, transpose=transpose, backend="dense", device="cuda", dtype=torch.float32)
     reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in layer.state_dict().items()})
     return layer, reference
@@ -224,9 +221,8 @@ def test_cusparselt_backend_matches_the_dense_reference(dtype, transpose):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compressor", ["cusparselt", "torch_tile"])
-def test_cusparselt_training_steps_recompress_in_place(compressor):
-    layer, _ = _gpu_case(torch.float16, compressor=compressor)
+def test_cusparselt_training_steps_recompress_in_place():
+    layer, _ = _gpu_case(torch.float16)
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     pointers = set()
     for _ in range(4):

@@ -7,9 +7,6 @@ Variants of the 2:4 block (`Sparse24Linear`, cuSPARSELt backend, transposable ma
 * ``fixed mask``: the mask kept, W_s and W_sᵀ compressed again (the weights change every step);
 * ``kernels only``: no mask and no compression (what the 2:4 products alone give: the ceiling).
 
-``--compressors cusparselt,torch_tile`` adds the dynamic and fixed-mask variants again with PyTorch's fused
-compressor writing both cuSPARSELt buffers (``torch._sparse_semi_structured_tile``) instead of cuSPARSELt's own.
-
 Each is timed with CUDA events (median of trials after warm-up, eager, back-to-back steps) in the same run as the
 dense block, on random inputs and gradients; the breakdown times each part on its own. Target on an H100:
 ``dynamic`` >= 1.2x over dense for 1024 -> 4096 -> 1024 at >= 8192 tokens, fp16 / bf16.
@@ -48,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", default="float16,bfloat16")
     parser.add_argument("--trials", type=int, default=15)
     parser.add_argument("--calls", type=int, default=5, help="back-to-back steps per timed trial")
-    parser.add_argument("--compressors", default="cusparselt",
-                        help="comma-separated: cusparselt (cuSPARSELt's compressor), torch_tile (PyTorch's fused one)")
     parser.add_argument("--out", type=Path, default=None)
     return parser
 
@@ -77,24 +72,21 @@ def _time_ms(fn: Callable[[], object], cuda: bool, calls: int, trials: int) -> f
     return statistics.median(times)
 
 
-def _blocks(dim: int, hidden: int, dtype: torch.dtype, device: torch.device,
-            compressors: tuple[str, ...] = ("cusparselt",)) -> dict[str, SparseMLP]:
-    """The dense block and the 2:4 variants (the first compressor's under the variant's name, others' as
-    "variant, compressor"), all with the same initial weights."""
+def _blocks(dim: int, hidden: int, dtype: torch.dtype, device: torch.device) -> dict[str, SparseMLP]:
+    """The dense block and the 2:4 variants, all with the same initial weights."""
     torch.manual_seed(0)
     dense = SparseMLP(dim, hidden, sparse=False, device=device, dtype=dtype)
     backend = "cusparselt" if device.type == "cuda" else "dense"
     blocks: dict[str, SparseMLP] = {"dense": dense}
-    for compressor, variant in [(c, v) for c in compressors for v in VARIANTS if c == compressors[0]
-                                or v != "kernels only"]:
+    for variant in VARIANTS:
         block = SparseMLP(dim, hidden, sparse=True, mask="fixed" if variant != "dynamic" else "dynamic",
-                          backend=backend, compressor=compressor, device=device, dtype=dtype)
+                          backend=backend, device=device, dtype=dtype)
         with torch.no_grad():
             for mine, theirs in ((block.fc1, dense.fc1), (block.fc2, dense.fc2)):
                 mine.weight.copy_(theirs.weight)
                 mine.bias.copy_(theirs.bias)
                 mine.update_mask()
-        blocks[variant if compressor == compressors[0] else f"{variant}, {compressor}"] = block
+        blocks[variant] = block
     return blocks
 
 
@@ -103,7 +95,7 @@ def _step(block: SparseMLP, variant: str, x: torch.Tensor, grad: torch.Tensor) -
     layers = (block.fc1, block.fc2)
 
     def step() -> None:
-        if variant.startswith("fixed mask"):
+        if variant == "fixed mask":
             for layer in layers:
                 layer._loaded_version = None  # the weight moved: compress W_s and W_sᵀ again
         block(x).backward(grad)
@@ -170,7 +162,7 @@ def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor,
 def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.device, args) -> dict[str, Any]:
     """Check, then time, every variant at one (dtype, tokens); returns the rows and checks for the results."""
     cuda = device.type == "cuda"
-    blocks = _blocks(dim, hidden, dtype, device, tuple(args.compressors.split(",")) if cuda else ("cusparselt",))
+    blocks = _blocks(dim, hidden, dtype, device)
     x = torch.randn(tokens, dim, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, dim, device=device, dtype=dtype)
     errors = check_block(blocks, x, grad)
@@ -178,7 +170,7 @@ def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.de
     rows = []
     if correct:
         dense_ms = _time_ms(_step(blocks["dense"], "dense", x, grad), cuda, args.calls, args.trials)
-        for variant in [name for name in blocks if name != "dense"]:
+        for variant in VARIANTS:
             ms = _time_ms(_step(blocks[variant], variant, x, grad), cuda, args.calls, args.trials)
             rows.append({"dtype": str(dtype).removeprefix("torch."), "tokens": tokens, "variant": variant,
                          "dense_ms": dense_ms, "sparse_ms": ms, "speedup": dense_ms / ms})
@@ -218,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['dtype']:>9} M={m:>6} {row['variant']:>13}: dense {row['dense_ms']:.3f} ms, "
                       f"2:4 {row['sparse_ms']:.3f} ms, {row['speedup']:.2f}x", flush=True)
     targets = [{"dtype": r["dtype"], "tokens": r["tokens"], "speedup": r["speedup"], "target": TARGET,
-                "met": r["speedup"] >= TARGET} for r in rows if r["variant"].startswith("dynamic")]
+                "met": r["speedup"] >= TARGET} for r in rows if r["variant"] == "dynamic"]
     from sparsity_lab import cusparselt
 
     figures = {"config": {"dim": dim, "hidden": hidden, "tokens": tokens, "dtypes": [str(d) for d in dtypes],
-                          "compressors": args.compressors.split(",") if cuda else ["none (dense backend)"],
                           "trials": args.trials, "calls": args.calls, "activation": "gelu",
                           "column_major_x": cusparselt.COLUMN_MAJOR_X, "timing": "CUDA events, eager, median"
                           if cuda else "perf_counter, median"},

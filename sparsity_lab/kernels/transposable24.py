@@ -36,13 +36,8 @@ def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return matrix.to(device), codes.to(device), bias.to(device)
 
 
-# configurations the GPU autotuner tries (tile rows, tile cols, warps); the interpreter uses DEFAULT_TILES
-AUTOTUNE = ((8, 8, 4), (4, 16, 4), (16, 4, 4), (8, 16, 4), (16, 8, 4), (8, 8, 2), (16, 16, 8))
-DEFAULT_TILES = (8, 8)
-
-
 @functools.cache
-def _kernel(tuned: bool = False):
+def _kernel():
     import triton
     import triton.language as tl
 
@@ -75,32 +70,20 @@ def _kernel(tuned: bool = False):
         tl.store(ws_ptr + r[:, None] * cols + c[None, :], kept, mask=inside)
         tl.store(wst_ptr + c[:, None] * rows + r[None, :], tl.trans(kept), mask=tl.trans(inside))
 
-    kernel = triton.jit(transposable_prune_24)
-    if tuned:
-        configs = [triton.Config({"TILE_ROWS": r, "TILE_COLS": c}, num_warps=w) for r, c, w in AUTOTUNE]
-        kernel = triton.autotune(configs=configs, key=["rows", "cols"])(kernel)
-    return kernel
+    return triton.jit(transposable_prune_24)
 
 
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def transposable_prune(weight: torch.Tensor, tile_rows: int | None = None, tile_cols: int | None = None
+def transposable_prune(weight: torch.Tensor, tile_rows: int = 8, tile_cols: int = 8
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mask, W_s, W_sᵀ) for a 2-D `weight` whose sizes are multiples of 4: the transposable 2:4 mask of
     `sparsity_lab.sparse_training.transposable_mask`, the pruned weight, and its transpose (contiguous).
-    Each program takes tile_rows x tile_cols 4x4 tiles; left as None, the GPU autotunes them per shape."""
+    Each program takes tile_rows x tile_cols 4x4 tiles: 8 x 8 was the fastest of 4x4 .. 16x16 on an H200
+    (0.056 ms for a 4096 x 1024 fp16 weight; `scripts/notes/tile_compressor_probe_call3.json`)."""
     if weight.dim() != 2 or weight.shape[0] % 4 or weight.shape[1] % 4:
         raise ValueError(f"weight must be 2-D with both sizes multiples of 4, got shape {tuple(weight.shape)}")
     if weight.dtype not in SUPPORTED:
         raise TypeError(f"weight has dtype {weight.dtype}; the kernel takes {SUPPORTED}")
-    tuned = tile_rows is None and tile_cols is None and weight.is_cuda and not _interpreting()
-    if not tuned:
-        tile_rows, tile_cols = tile_rows or DEFAULT_TILES[0], tile_cols or DEFAULT_TILES[1]
-    if not tuned and tile_rows * tile_cols < 16:
+    if tile_rows * tile_cols < 16:
         raise ValueError("tile_rows * tile_cols must be at least 16 (the kernel's matrix product needs 16 rows)")
     weight = weight.detach()
     if weight.stride(1) != 1:
@@ -110,13 +93,7 @@ def transposable_prune(weight: torch.Tensor, tile_rows: int | None = None, tile_
     pruned = torch.empty((rows, cols), dtype=weight.dtype, device=weight.device)
     pruned_t = torch.empty((cols, rows), dtype=weight.dtype, device=weight.device)
     table, codes, bias = _tables(weight.device)
-    args = (weight, mask, pruned, pruned_t, table, codes, bias, rows, cols, weight.stride(0))
-    if tuned:
-        def grid(meta):
-            return (-(-rows // (4 * meta["TILE_ROWS"])), -(-cols // (4 * meta["TILE_COLS"])))
-
-        _kernel(tuned=True)[grid](*args, PADDED=PADDED)
-    else:
-        grid = (-(-rows // (4 * tile_rows)), -(-cols // (4 * tile_cols)))
-        _kernel()[grid](*args, TILE_ROWS=tile_rows, TILE_COLS=tile_cols, PADDED=PADDED)
+    grid = (-(-rows // (4 * tile_rows)), -(-cols // (4 * tile_cols)))
+    _kernel()[grid](weight, mask, pruned, pruned_t, table, codes, bias, rows, cols, weight.stride(0),
+                    TILE_ROWS=tile_rows, TILE_COLS=tile_cols, PADDED=PADDED)
     return mask.view(torch.bool), pruned, pruned_t
