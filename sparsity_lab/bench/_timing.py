@@ -25,6 +25,17 @@ def loop_ms(fn: Callable[[], object], calls: int = 20, trials: int = 7) -> float
     return statistics.median(times)
 
 
+def resolve_device(requested: str) -> torch.device | None:
+    """A benchmark's ``--device``: "auto" is CUDA when present, else the CPU; None (after saying why) when CUDA
+    was asked for and none is visible."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        print("--device cuda but no CUDA GPU is visible")
+        return None
+    return torch.device(requested)
+
+
 def capture_graph(fn: Callable[[], object], calls: int = 1) -> torch.cuda.CUDAGraph:
     """`calls` calls of `fn` captured once into a CUDA graph, after a warm-up on a side stream."""
     stream = torch.cuda.Stream()

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from sparsity_lab import quant_sparse as qs
 from sparsity_lab import semi24
-from sparsity_lab.bench._timing import capture_graph
+from sparsity_lab.bench._timing import capture_graph, resolve_device
 from sparsity_lab.checks import relative_error as relerr
 from sparsity_lab.quantization import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
 from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
@@ -358,12 +358,9 @@ def figures_of(rows: list[dict[str, Any]], shapes: list[tuple[int, int, int]], b
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda but no CUDA GPU is visible")
+    device = resolve_device(args.device)
+    if device is None:
         return 2
-    device = torch.device(args.device)
     cuda = device.type == "cuda"
     shapes = args.shapes or (GPU_SHAPES if cuda else CPU_SHAPES)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

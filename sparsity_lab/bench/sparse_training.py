@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from sparsity_lab.bench._timing import loop_ms, resolve_device
 from sparsity_lab.checks import relative_error
 from sparsity_lab.results import RECORDED_DIR, record_environment, save_results
 from sparsity_lab.sparse_training import SparseMLP, sparse_pair
@@ -50,25 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _time_ms(fn: Callable[[], object], cuda: bool, calls: int, trials: int) -> float:
-    """Median per-call milliseconds over `trials` of `calls` back-to-back calls, after two warm-up calls."""
-    fn()
+    """Median per-call milliseconds over `trials` of `calls` back-to-back calls after warm-up: CUDA events on
+    the GPU, the wall clock on the CPU."""
+    if cuda:
+        return loop_ms(fn, calls=calls, trials=trials)
     fn()
     times = []
     for _ in range(trials):
-        if cuda:
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / calls)
-        else:
-            begin = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times.append((time.perf_counter() - begin) * 1e3 / calls)
+        begin = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - begin) * 1e3 / calls)
     return statistics.median(times)
 
 
@@ -183,12 +176,9 @@ def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.de
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda but no CUDA GPU is visible")
+    device = resolve_device(args.device)
+    if device is None:
         return 2
-    device = torch.device(args.device)
     cuda = device.type == "cuda"
     dim, hidden = args.dim or (1024 if cuda else 32), args.hidden or (4096 if cuda else 64)
     tokens = [int(t) for t in (args.tokens or ("8192,16384" if cuda else "64")).split(",")]
