@@ -79,7 +79,8 @@ def _worker(rank: int, world_size: int, store: str, out_dir: str, steps: int, se
 def run_ddp(world_size: int = 2, steps: int = 30, seed: int = 0, batch_size: int = 128, lr: float = 0.1,
             device: str = "cpu", **layer_kwargs) -> dict[str, object]:
     """Train the digits MLP with 2:4 layers on `world_size` processes (gloo on the CPU, NCCL on CUDA) and report
-    rank 0's mean loss per step and whether every rank ended with the same weights and the same masks."""
+    the loss per step (each rank's shard loss averaged over the ranks: the batch mean when `batch_size` divides
+    evenly) and whether every rank ended with the same weights and the same masks."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if device not in ("cpu", "cuda"):

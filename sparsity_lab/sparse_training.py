@@ -12,7 +12,8 @@ The layer keeps a dense weight W (the optimizer's copy) and a boolean 2:4 mask. 
   weights keep learning and can come back when the mask is recomputed; ``srste_decay`` adds SR-STE's
   λ · (1 - mask) ⊙ W, which pulls pruned weights towards zero so the mask settles (Zhou et al., 2021).
 
-``mask="dynamic"`` recomputes the mask from |W| at every training step; ``mask="fixed"`` keeps the one it was
+``mask="dynamic"`` recomputes the mask from |W| whenever W has changed (once per optimizer step, however many
+forwards the step accumulates); ``mask="fixed"`` keeps the one it was
 given (or computed once). Masks depend only on the weights, so data-parallel replicas (DDP), whose weights stay
 equal, compute equal masks.
 
@@ -31,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsity_lab.semi24 import prune as prune_rows
+from sparsity_lab.semi24 import shape_multiples
 
 MASK_MODES = ("dynamic", "fixed")
 TRANSPOSE_MODES = ("transposable", "recompress")
@@ -68,7 +70,7 @@ def transposable_mask(weight: torch.Tensor) -> torch.Tensor:
     if rows % 4 or cols % 4:
         raise ValueError(f"weight has shape {tuple(weight.shape)}; a transposable 2:4 mask needs both sizes to be "
                          "multiples of 4 (4x4 tiles)")
-    work = torch.float64 if weight.device.type == "cpu" else torch.float32
+    work = torch.float64  # exact for every 16-bit weight; a float32 matmul may run in TF32 on CUDA
     tiles = weight.detach().abs().to(work).reshape(rows // 4, 4, cols // 4, 4).permute(0, 2, 1, 3)
     patterns = tile_patterns(weight.device, work)
     best = (tiles.reshape(-1, 16) @ patterns.T).argmax(dim=1)  # argmax returns the first maximum
@@ -109,7 +111,9 @@ def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _transpose_24(weight_s: torch.Tensor) -> torch.Tensor:
     """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``); Triton for 16-bit CUDA weights."""
     weight_t = weight_s.T.contiguous()
-    if weight_t.is_cuda and weight_t.dtype in (torch.float16, torch.bfloat16) and _has_triton():
+    rows, cols = weight_t.shape
+    if weight_t.is_cuda and weight_t.dtype in (torch.float16, torch.bfloat16) and _has_triton() \
+            and not rows % shape_multiples(weight_t.dtype)[0] and not cols % shape_multiples(weight_t.dtype)[1]:
         from sparsity_lab.kernels.semi24_compress import prune_and_compress
 
         return prune_and_compress(weight_t, return_pruned=True)[2]
@@ -146,9 +150,12 @@ class DenseBackend:
 
     name = "dense"
 
+    loads = 0  # how many times `load` ran: a backward whose forward saw another load uses its own W_sᵀ
+
     def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
         """Hold W_s and the weight the input gradient uses (W_sᵀ, or its 2:4 re-pruned version)."""
         self.weight_s, self.weight_t = weight_s, weight_t
+        self.loads += 1
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, self.weight_s, bias)
@@ -163,13 +170,18 @@ class CusparseltBackend:
 
     name = "cusparselt"
 
+    TOKENS = 8  # cuSPARSELt's multiple for the dense operand's rows (fp16 / bf16); other batches go dense
+
     def __init__(self) -> None:
         self.forward_weight = None
         self.backward_weight = None
+        self.loads = 0
 
     def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
         from sparsity_lab.cusparselt import Semi24Weight
 
+        self.weight_s, self.weight_t = weight_s, weight_t  # for batches cuSPARSELt cannot take
+        self.loads += 1
         if self.forward_weight is None or self.forward_weight.shape != tuple(weight_s.shape):
             self.forward_weight = Semi24Weight.from_dense(weight_s)
             self.backward_weight = Semi24Weight.from_dense(weight_t)
@@ -178,9 +190,13 @@ class CusparseltBackend:
             self.backward_weight.recompress(weight_t)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[0] % self.TOKENS:
+            return F.linear(x, self.weight_s, bias)
         return self.forward_weight.linear(x, bias=bias)  # bias added in cuSPARSELt's epilogue
 
     def grad_input(self, grad_y: torch.Tensor) -> torch.Tensor:
+        if grad_y.shape[0] % self.TOKENS:
+            return grad_y @ self.weight_t.T
         return self.backward_weight.linear(grad_y)
 
 
@@ -212,9 +228,11 @@ class Sparse24LinearFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         y = backend.forward(x2, bias)
-        # a clone: a later forward may update the layer's mask in place before this backward runs
+        # a later forward (gradient accumulation) may load a new W_s before this backward runs: keep this one's
+        # W_sᵀ (a reference: loads rebind, never write into it) and mask (a clone: masks are updated in place)
         ctx.save_for_backward(x2, weight, mask.clone() if srste_decay else None)
         ctx.backend, ctx.srste_decay, ctx.has_bias, ctx.shape = backend, srste_decay, bias is not None, shape
+        ctx.weight_t, ctx.loads = backend.weight_t, backend.loads
         return y.reshape(*shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -223,7 +241,11 @@ class Sparse24LinearFunction(torch.autograd.Function):
         grad_y = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = ctx.backend.grad_input(grad_y).reshape(ctx.shape)
+            if ctx.backend.loads == ctx.loads:
+                grad_x = ctx.backend.grad_input(grad_y)
+            else:  # the backend holds a newer weight now: the dense product with this forward's W_sᵀ
+                grad_x = grad_y @ ctx.weight_t.T
+            grad_x = grad_x.reshape(ctx.shape)
         if ctx.needs_input_grad[1]:
             grad_w = grad_y.T @ x2  # straight through: every entry, kept or pruned
             if ctx.srste_decay:
@@ -261,11 +283,9 @@ class Sparse24Linear(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if srste_decay < 0:
             raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
-        multiple = 4 if transpose == "transposable" else 1
-        if in_features % 4 or out_features % multiple:
-            need = "both sizes multiples of 4" if multiple == 4 else "in_features a multiple of 4"
-            raise ValueError(f"Sparse24Linear({in_features}, {out_features}) with transpose={transpose!r} needs "
-                             f"{need}")
+        if in_features % 4 or out_features % 4:
+            raise ValueError(f"Sparse24Linear({in_features}, {out_features}) needs in_features and out_features to "
+                             "be multiples of 4: the forward groups inputs by 4, the input gradient (Wᵀ) outputs")
         self.in_features, self.out_features = in_features, out_features
         self.mask_mode, self.transpose, self.srste_decay, self.backend_name = mask, transpose, srste_decay, backend
         factory = {"device": device, "dtype": dtype}
@@ -275,13 +295,15 @@ class Sparse24Linear(nn.Module):
         self.register_buffer("mask", sparse24_mask(self.weight, transpose))
         self._backend: DenseBackend | CusparseltBackend | None = None
         self._backend_key: tuple | None = None
-        self._loaded_version: tuple[int, int] | None = None
+        self._loaded_version: tuple | None = None  # (weight version, weight address, mask version) loaded
+        self._mask_of: tuple | None = None  # the (weight version, weight address) the mask was computed from
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> Sparse24Linear:
         """A Sparse24Linear with `linear`'s weight and bias (the mask computed from that weight)."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
+        kwargs.setdefault("device", linear.weight.device)
+        kwargs.setdefault("dtype", linear.weight.dtype)
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, **kwargs)
         with torch.no_grad():
             layer.weight.copy_(linear.weight)
             if linear.bias is not None:
@@ -296,8 +318,12 @@ class Sparse24Linear(nn.Module):
 
     @torch.no_grad()
     def update_mask(self) -> None:
-        """Recompute the 2:4 mask from the current weight (what ``mask="dynamic"`` does every training step)."""
+        """Recompute the 2:4 mask from the current weight (what ``mask="dynamic"`` does after every weight update).
+        Call it, too, after writing the weight through ``.data``, which autograd's version counter does not see."""
         self._load(recompute_mask=True)
+
+    def _weight_key(self) -> tuple[int, int]:
+        return (self.weight._version, self.weight.data_ptr())
 
     def backend(self) -> DenseBackend | CusparseltBackend:
         """The backend in use: for ``backend="auto"``, cuSPARSELt where it can run, chosen per device and dtype."""
@@ -321,14 +347,17 @@ class Sparse24Linear(nn.Module):
         mask, weight_s, weight_t = sparse_pair(self.weight, None if recompute_mask else self.mask, self.transpose)
         if recompute_mask:
             self.mask.copy_(mask)
+            self._mask_of = self._weight_key()
         self.backend().load(weight_s, weight_t)
-        self._loaded_version = (self.weight._version, self.mask._version)
+        self._loaded_version = (*self._weight_key(), self.mask._version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend()
-        if self.training and self.mask_mode == "dynamic" and torch.is_grad_enabled():
+        weight = self._weight_key()
+        dynamic = self.training and self.mask_mode == "dynamic" and torch.is_grad_enabled()
+        if dynamic and self._mask_of != weight:  # the weight moved since the mask was computed
             self._load(recompute_mask=True)
-        elif self._loaded_version != (self.weight._version, self.mask._version):  # an optimizer step, a new mask
+        elif self._loaded_version != (*weight, self.mask._version):  # an optimizer step, a new mask
             self._load(recompute_mask=False)
         return Sparse24LinearFunction.apply(x, self.weight, self.bias, self.mask, backend, self.srste_decay)
 
@@ -343,19 +372,18 @@ class Sparse24Linear(nn.Module):
         return linear
 
 
-def fits(linear: nn.Linear, transpose: str = "transposable") -> bool:
-    """Whether `linear` can become a Sparse24Linear (sizes multiples of 4 as the transpose mode needs)."""
-    return linear.in_features % 4 == 0 and (transpose != "transposable" or linear.out_features % 4 == 0)
+def fits(linear: nn.Linear) -> bool:
+    """Whether `linear` can become a Sparse24Linear (both sizes multiples of 4)."""
+    return linear.in_features % 4 == 0 and linear.out_features % 4 == 0
 
 
 def swap_to_sparse24(model: nn.Module, skip: tuple[str, ...] = (), **kwargs) -> list[str]:
     """Replace, in place, every nn.Linear of `model` that fits (and whose name is not in `skip`) by a
     `Sparse24Linear` with its weights; returns the names swapped. kwargs go to `Sparse24Linear`."""
-    transpose = kwargs.get("transpose", "transposable")
     swapped = []
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and not isinstance(module, Sparse24Linear) and name not in skip \
-                and fits(module, transpose):
+                and fits(module):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, Sparse24Linear.from_linear(module, **kwargs))

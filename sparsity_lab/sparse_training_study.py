@@ -13,7 +13,7 @@ import torch
 
 from sparsity_lab.data import load_digits
 from sparsity_lab.models import DigitsMLP
-from sparsity_lab.sparse_training import is_transposable_24, sparse24_layers, swap_to_sparse24
+from sparsity_lab.sparse_training import is_24, is_transposable_24, sparse24_layers, swap_to_sparse24
 from sparsity_lab.train import evaluate, fit
 
 HEAD = ("net.5",)  # DigitsMLP's classifier
@@ -36,10 +36,13 @@ class Run:
 
 
 def _check_24(model: torch.nn.Module) -> list[str]:
+    """The names of the 2:4 layers, after checking each still holds its pattern (transposable where asked)."""
     layers = sparse24_layers(model)
     for name, layer in layers.items():
-        if not is_transposable_24(layer.sparse_weight()):
-            raise AssertionError(f"layer {name} lost its transposable 2:4 pattern during training")
+        weight = layer.sparse_weight()
+        ok = is_transposable_24(weight) if layer.transpose == "transposable" else is_24(weight)
+        if not ok:
+            raise AssertionError(f"layer {name} lost its {layer.transpose} 2:4 pattern during training")
     return sorted(layers)
 
 

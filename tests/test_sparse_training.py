@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from sparsity_lab.models import DigitsMLP
 from sparsity_lab.semi24 import prune as prune_rows
@@ -63,8 +64,9 @@ def test_masks_refuse_bad_shapes_and_values():
         transposable_mask(torch.tensor([[float("nan"), 1, 2, 3]] * 4))
     with pytest.raises(ValueError, match="transpose must be one of"):
         Sparse24Linear(8, 8, transpose="sideways")
-    with pytest.raises(ValueError, match="needs both sizes multiples of 4"):
-        Sparse24Linear(8, 10)
+    for transpose in ("transposable", "recompress"):  # recompress prunes Wᵀ along the outputs: 4 | out_features
+        with pytest.raises(ValueError, match="multiples of 4"):
+            Sparse24Linear(8, 10, transpose=transpose)
     with pytest.raises(ValueError, match="srste_decay"):
         Sparse24Linear(8, 8, srste_decay=-1.0)
 
@@ -132,6 +134,43 @@ def test_dynamic_mask_follows_the_weights_and_fixed_mask_does_not():
     for layer in (dynamic, fixed):
         assert is_transposable_24(layer.sparse_weight())
         assert torch.equal(layer.mask, transposable_mask(layer.weight)) == (layer is dynamic)
+
+
+def test_gradient_accumulation_keeps_each_forwards_weight():
+    torch.manual_seed(0)
+    layer = Sparse24Linear(16, 8, mask="fixed", bias=False)
+    x1, x2 = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    y1 = layer(x1)
+    w1 = layer.sparse_weight()
+    with torch.no_grad():  # a new mask between the two forwards, before either backward
+        layer.mask.copy_(transposable_mask(torch.randn(8, 16)))
+    y2 = layer(x2)
+    (y1.sum() + y2.sum()).backward()
+    torch.testing.assert_close(x1.grad, torch.ones(4, 8) @ w1)
+    torch.testing.assert_close(x2.grad, torch.ones(4, 8) @ layer.sparse_weight())
+
+
+def test_dynamic_mask_is_computed_once_per_weight_update():
+    layer = Sparse24Linear(16, 16)
+    x = torch.randn(4, 16)
+    layer(x)
+    version = layer.mask._version
+    layer(x)  # a second forward on the same weight (gradient accumulation): no new mask
+    assert layer.mask._version == version
+    with torch.no_grad():
+        layer.weight.add_(torch.randn(16, 16))
+    layer(x)
+    assert layer.mask._version > version
+    assert torch.equal(layer.mask, transposable_mask(layer.weight))
+
+
+def test_forward_follows_weight_updates_in_eval_mode():
+    layer = Sparse24Linear(16, 8, mask="fixed").eval()
+    x = torch.randn(3, 16)
+    layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(3)  # an optimizer-like in-place update
+    torch.testing.assert_close(layer(x), F.linear(x, layer.sparse_weight(), layer.bias))
 
 
 def test_eval_forward_does_not_move_the_mask():
@@ -236,6 +275,17 @@ def test_cusparselt_training_steps_recompress_in_place():
         expected = x.float() @ layer.sparse_weight().float().T + layer.bias.float()
         torch.testing.assert_close(layer(x).float(), expected, rtol=1e-2, atol=1e-2)
     assert len(pointers) == 1
+
+
+@pytest.mark.gpu
+def test_cusparselt_backend_takes_any_token_count():
+    layer, reference = _gpu_case(torch.float16)
+    x = torch.randn(3, 256, device="cuda", dtype=torch.float16, requires_grad=True)  # 3: not a multiple of 8
+    y = layer(x)
+    y.float().sum().backward()
+    torch.testing.assert_close(y.float(), reference(x.detach().float()), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x.grad.float(), torch.ones(3, 512, device="cuda") @ layer.sparse_weight().float(),
+                               rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.gpu

@@ -5,7 +5,8 @@ Variants of the 2:4 block (`Sparse24Linear`, cuSPARSELt backend, transposable ma
 
 * ``dynamic``: a real training step's work: the mask recomputed from |W| and W_s, W_sᵀ compressed again;
 * ``fixed mask``: the mask kept, W_s and W_sᵀ compressed again (the weights change every step);
-* ``kernels only``: no mask and no compression (what the 2:4 products alone give: the ceiling).
+* ``kernels only``: no mask and no compression: the 2:4 step without training's per-step work (its products,
+  and the rest of the step: GELU, dW, autograd on column-major activations and gradients).
 
 Each is timed with CUDA events (median of trials after warm-up, eager, back-to-back steps) in the same run as the
 dense block, on random inputs and gradients; the breakdown times each part on its own. Target on an H100:

@@ -2,14 +2,17 @@
 
 Each program loads a block of 4x4 tiles of W, scores all 90 transposable patterns of every tile (|w| summed over
 the kept entries: one small matrix product against the 16 x 90 pattern table, in IEEE float32), keeps the best
-(ties: the first pattern in `sparsity_lab.sparse_training.tile_patterns` order, like the torch reference), and
+(ties: the first pattern in `sparsity_lab.sparse_training.tile_patterns` order, as in the float64 torch reference;
+a near-tie that float32 sums cannot separate may go the other way), and
 writes the boolean mask, W_s = W ⊙ mask and W_sᵀ, so a training step reads its weight once instead of running a
-chain of torch ops (abs, permute, matmul, argmax, gather, where, transpose-copy) with a host sync for checks.
+chain of torch ops (abs, permute, matmul, argmax, gather, where, transpose-copy) with a host sync for checks
+(so it checks nothing itself: non-finite weights get some mask).
 Runs on the CPU under ``TRITON_INTERPRET=1`` (how the tests check it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -94,6 +97,7 @@ def transposable_prune(weight: torch.Tensor, tile_rows: int = 8, tile_cols: int 
     pruned_t = torch.empty((cols, rows), dtype=weight.dtype, device=weight.device)
     table, codes, bias = _tables(weight.device)
     grid = (-(-rows // (4 * tile_rows)), -(-cols // (4 * tile_cols)))
-    _kernel()[grid](weight, mask, pruned, pruned_t, table, codes, bias, rows, cols, weight.stride(0),
-                    TILE_ROWS=tile_rows, TILE_COLS=tile_cols, PADDED=PADDED)
+    with torch.cuda.device(weight.device) if weight.is_cuda else contextlib.nullcontext():
+        _kernel()[grid](weight, mask, pruned, pruned_t, table, codes, bias, rows, cols, weight.stride(0),
+                        TILE_ROWS=tile_rows, TILE_COLS=tile_cols, PADDED=PADDED)
     return mask.view(torch.bool), pruned, pruned_t
