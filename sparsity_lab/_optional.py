@@ -15,3 +15,12 @@ def require(module: str, extra: str = "course") -> ModuleType:
             f"{module!r} is needed here but is not installed; install it with "
             f"`pip install \"sparsity_lab[{extra}]\"` (or `pip install {module.split('.')[0]}`)."
         ) from err
+
+
+def triton_available() -> bool:
+    """Whether Triton can be imported (the optional dependency of every kernel in `sparsity_lab.kernels`)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparsity_lab._optional import triton_available
+
 
 def _blocks_per_side(shape: tuple[int, int], block_size: int, pad: bool) -> tuple[int, int]:
     rows, cols = shape
@@ -200,15 +202,6 @@ class Dispatcher:
 
 
 DISPATCHER = Dispatcher()
-
-
-def triton_available() -> bool:
-    """Whether Triton can be imported (the kernel's optional dependency)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 BACKENDS = ("auto", "triton", "tma", "pointer", "dense")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from sparsity_lab._optional import triton_available
 from sparsity_lab.checks import relative_error
 
 PATHS = ("cusparselt", "torch_cslt", "cutlass", "reference", "dense")
@@ -31,19 +32,11 @@ def prune24(weight: torch.Tensor) -> torch.Tensor:
     """2:4 magnitude pruning along rows (ties: lower index first): Triton on CUDA, plain torch elsewhere."""
     from sparsity_lab.semi24 import sparsify
 
-    if weight.is_cuda and _has_triton():
+    if weight.is_cuda and triton_available():
         from sparsity_lab.kernels.semi24_compress import prune_and_compress
 
         return prune_and_compress(weight, return_pruned=True)[2]
     return sparsify(weight)
-
-
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def unavailable_reason(path: str, device: torch.device | str, dtype: torch.dtype = torch.float16) -> str | None:
@@ -71,7 +64,7 @@ def unavailable_reason(path: str, device: torch.device | str, dtype: torch.dtype
     major, _ = torch.cuda.get_device_capability(device)
     if major != 8:
         return f"PyTorch's CUTLASS 2:4 kernels run on sm8x only; this GPU is sm{major}x"
-    if not _has_triton():
+    if not triton_available():
         return "the CUTLASS path packs with our Triton compressor: install triton"
     return None
 

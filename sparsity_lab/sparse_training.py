@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparsity_lab._optional import triton_available
 from sparsity_lab.semi24 import prune as prune_rows
 from sparsity_lab.semi24 import shape_multiples
 
@@ -112,7 +113,7 @@ def _transpose_24(weight_s: torch.Tensor) -> torch.Tensor:
     """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``); Triton for 16-bit CUDA weights."""
     weight_t = weight_s.T.contiguous()
     rows, cols = weight_t.shape
-    if weight_t.is_cuda and weight_t.dtype in (torch.float16, torch.bfloat16) and _has_triton() \
+    if weight_t.is_cuda and weight_t.dtype in (torch.float16, torch.bfloat16) and triton_available() \
             and not rows % shape_multiples(weight_t.dtype)[0] and not cols % shape_multiples(weight_t.dtype)[1]:
         from sparsity_lab.kernels.semi24_compress import prune_and_compress
 
@@ -125,7 +126,7 @@ def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str 
     """(mask, W_s, W_sᵀ as the input gradient uses it) for one training step. `mask=None` computes the mask
     from |W| (on CUDA with the one-pass Triton kernel for transposable masks); otherwise `mask` is applied."""
     weight = weight.detach()
-    if mask is None and transpose == "transposable" and weight.is_cuda and _has_triton() \
+    if mask is None and transpose == "transposable" and weight.is_cuda and triton_available() \
             and weight.dtype in (torch.float16, torch.bfloat16, torch.float32):
         from sparsity_lab.kernels.transposable24 import transposable_prune
 
@@ -135,14 +136,6 @@ def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str 
     weight_s = _masked(weight, mask)
     weight_t = weight_s.T.contiguous() if transpose == "transposable" else _transpose_24(weight_s)
     return mask, weight_s, weight_t
-
-
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class DenseBackend:

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from sparsity_lab import quant_sparse as qs
 from sparsity_lab import semi24
+from sparsity_lab._optional import triton_available
 from sparsity_lab.bench._timing import capture_graph, resolve_device
 from sparsity_lab.checks import relative_error as relerr
 from sparsity_lab.quantization import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
@@ -131,14 +132,6 @@ def _approx_equal(out: torch.Tensor, target: torch.Tensor) -> bool:
     return bool((diff <= target.abs() * 2.0**-8 + 1e-6 * float(target.abs().max())).all())
 
 
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 DENSE_CORE = {True: "int8_dense_int_mm", False: "int8_dense_reference"}
 DENSE_LAYER = {True: "fp16_dense_linear", False: "float_dense_linear"}
 APPROX_CORES = ("int8_24_cslt_bf16out", "int8_24_cslt_alpha_bf16out")
@@ -221,7 +214,7 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
     layers: dict[str, Callable[[], Any]] = {DENSE_LAYER[cuda]: lambda: F.linear(x, weight, bias)}
     int8_layer = qs.Int8Linear.from_linear(linear)
     layers["int8_dense_layer"] = lambda: int8_layer(x)
-    fused_variants = (False, True) if cuda and _triton_available() else (False,)
+    fused_variants = (False, True) if cuda and triton_available() else (False,)
     if True in fused_variants:
         fused_layer = qs.Int8Linear.from_linear(linear, fused=True)
         layers["int8_dense_layer_fused"] = lambda: fused_layer(x)
