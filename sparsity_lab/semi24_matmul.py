@@ -29,10 +29,13 @@ PATHS = ("cusparselt", "torch_cslt", "cutlass", "reference", "dense")
 
 
 def prune24(weight: torch.Tensor) -> torch.Tensor:
-    """2:4 magnitude pruning along rows (ties: lower index first): Triton on CUDA, plain torch elsewhere."""
-    from sparsity_lab.semi24 import sparsify
+    """2:4 magnitude pruning along rows (ties: lower index first): Triton on CUDA where the kernel takes the dtype
+    and shape (16-bit or int8, the cutlass layout's multiples), plain torch otherwise (the same result)."""
+    from sparsity_lab.semi24 import shape_multiples, sparsify
 
-    if weight.is_cuda and triton_available():
+    fits_kernel = weight.dim() == 2 and weight.dtype in (torch.float16, torch.bfloat16, torch.int8) and all(
+        size % multiple == 0 for size, multiple in zip(weight.shape, shape_multiples(weight.dtype), strict=True))
+    if weight.is_cuda and fits_kernel and triton_available():
         from sparsity_lab.kernels.semi24_compress import prune_and_compress
 
         return prune_and_compress(weight, return_pruned=True)[2]

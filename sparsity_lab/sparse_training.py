@@ -33,7 +33,6 @@ from torch.nn import functional as F
 
 from sparsity_lab._optional import triton_available
 from sparsity_lab.semi24 import prune as prune_rows
-from sparsity_lab.semi24 import shape_multiples
 
 MASK_MODES = ("dynamic", "fixed")
 TRANSPOSE_MODES = ("transposable", "recompress")
@@ -110,15 +109,10 @@ def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------------------- backends
 def _transpose_24(weight_s: torch.Tensor) -> torch.Tensor:
-    """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``); Triton for 16-bit CUDA weights."""
-    weight_t = weight_s.T.contiguous()
-    rows, cols = weight_t.shape
-    if weight_t.is_cuda and weight_t.dtype in (torch.float16, torch.bfloat16) and triton_available() \
-            and not rows % shape_multiples(weight_t.dtype)[0] and not cols % shape_multiples(weight_t.dtype)[1]:
-        from sparsity_lab.kernels.semi24_compress import prune_and_compress
+    """W_sᵀ pruned again to 2:4 along its rows (``transpose="recompress"``; Triton where it can run)."""
+    from sparsity_lab.semi24_matmul import prune24
 
-        return prune_and_compress(weight_t, return_pruned=True)[2]
-    return _masked(weight_t, prune_rows(weight_t))
+    return prune24(weight_s.T.contiguous())
 
 
 def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str = "transposable"
