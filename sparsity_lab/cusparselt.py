@@ -41,8 +41,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sparsity_lab.value_slots import ValueSlots
 
 # -------------------------------------------------------------------------------------------------- constants
 # cudaDataType_t (library_types.h)
@@ -644,6 +648,18 @@ class Semi24Weight:
                                                 self.compressed.data_ptr(), self._scratch.data_ptr(),
                                                 ctypes.c_void_p(_current_raw_stream(dense.device.index))),
               "cusparseLtSpMMACompress2")
+
+    def learn_value_slots(self, mask: torch.Tensor) -> ValueSlots:
+        """Where this weight's buffer keeps each kept value of the 2:4 `mask` (`sparsity_lab.value_slots`), so a
+        weight with that mask can be written by `ValueSlots.write(self.compressed, dense)` instead of compressed.
+        Runs cuSPARSELt's compress on probes, overwriting the buffer: write or compress the real weight after."""
+        from sparsity_lab import value_slots
+
+        def compress(dense: torch.Tensor) -> torch.Tensor:
+            self.recompress(dense)
+            return self.compressed
+
+        return value_slots.learn(compress, mask, self.dtype)
 
     def is_24(self, dense: torch.Tensor) -> bool:
         """cuSPARSELt's own check that `dense` (shaped like this weight) is 2:4 along its rows."""

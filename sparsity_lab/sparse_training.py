@@ -19,7 +19,8 @@ equal, compute equal masks.
 
 Backends: ``"dense"`` multiplies by the masked dense weight (any device: the CPU reference); ``"cusparselt"``
 runs the forward and the input gradient through our cuSPARSELt binding (`sparsity_lab.cusparselt`) with W_s and
-W_sᵀ compressed again after each optimizer step (in place, so cached plans stay valid).
+W_sᵀ compressed again after each optimizer step (in place, so cached plans stay valid); with a fixed
+transposable mask, written from W by a gather into cuSPARSELt's buffers instead (`sparsity_lab.value_slots`).
 """
 
 from __future__ import annotations
@@ -132,6 +133,27 @@ def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str 
     return mask, weight_s, weight_t
 
 
+class _Pair:
+    """One load's W_s and the weight the input gradient uses (W_sᵀ, or its re-pruned version): given, or made
+    from (W, mask) on first use (the fixed-mask path fills cuSPARSELt's buffers from W and rarely needs them)."""
+
+    def __init__(self, weight_s: torch.Tensor | None = None, weight_t: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
+        self._s, self._t, self._weight, self._mask = weight_s, weight_t, weight, mask
+
+    @property
+    def weight_s(self) -> torch.Tensor:
+        if self._s is None:
+            self._s = _masked(self._weight, self._mask)
+        return self._s
+
+    @property
+    def weight_t(self) -> torch.Tensor:
+        if self._t is None:
+            self._t = self.weight_s.T.contiguous()  # only the transposable mode builds a pair from (W, mask)
+        return self._t
+
+
 class DenseBackend:
     """The reference: every product with the masked dense weight (CPU or GPU, any float dtype)."""
 
@@ -141,19 +163,21 @@ class DenseBackend:
 
     def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
         """Hold W_s and the weight the input gradient uses (W_sᵀ, or its 2:4 re-pruned version)."""
-        self.weight_s, self.weight_t = weight_s, weight_t
+        self.pair = _Pair(weight_s, weight_t)
         self.loads += 1
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, self.weight_s, bias)
+        return F.linear(x, self.pair.weight_s, bias)
 
     def grad_input(self, grad_y: torch.Tensor) -> torch.Tensor:
-        return grad_y @ self.weight_t.T
+        return grad_y @ self.pair.weight_t.T
 
 
 class CusparseltBackend:
     """Forward and input gradient on sparse tensor cores through our cuSPARSELt binding: W_s (N, K) and
-    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update."""
+    W_sᵀ (K, N) are compressed once and then recompressed in place after every weight update. With a fixed
+    transposable mask (`load_fixed`) both buffers are written from W by one gather each, through value slots
+    learnt once per mask (`sparsity_lab.value_slots`): cuSPARSELt's compress runs only when the mask changes."""
 
     name = "cusparselt"
 
@@ -163,27 +187,67 @@ class CusparseltBackend:
         self.forward_weight = None
         self.backward_weight = None
         self.loads = 0
+        self._slots: tuple | None = None  # (mask key, mask copy, forward slots, backward slots)
+        self.slots_error: str | None = None  # why the value-slot path is off for this backend (None: it is on)
 
-    def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
+    def _ensure_weights(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> bool:
+        """Compressed weights of these shapes exist (True) or were made now from `weight_s`, `weight_t` (False)."""
         from sparsity_lab.cusparselt import Semi24Weight
 
-        self.weight_s, self.weight_t = weight_s, weight_t  # for batches cuSPARSELt cannot take
+        if self.forward_weight is not None and self.forward_weight.shape == tuple(weight_s.shape):
+            return True
+        self.forward_weight = Semi24Weight.from_dense(weight_s)
+        self.backward_weight = Semi24Weight.from_dense(weight_t)
+        self._slots = None
+        return False
+
+    def load(self, weight_s: torch.Tensor, weight_t: torch.Tensor) -> None:
+        self.pair = _Pair(weight_s, weight_t)  # also for batches cuSPARSELt cannot take
         self.loads += 1
-        if self.forward_weight is None or self.forward_weight.shape != tuple(weight_s.shape):
-            self.forward_weight = Semi24Weight.from_dense(weight_s)
-            self.backward_weight = Semi24Weight.from_dense(weight_t)
-        else:
+        if self._ensure_weights(weight_s, weight_t):
             self.forward_weight.recompress(weight_s)
             self.backward_weight.recompress(weight_t)
 
+    def load_fixed(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
+        """Load W ⊙ mask for a transposable `mask` that training keeps fixed, by gathering W's kept values into
+        both buffers. False (nothing loaded) where value slots cannot be learnt here; `load` instead."""
+        from sparsity_lab.value_slots import ValueSlotsError
+
+        if self.slots_error is not None:
+            return False
+        key = (mask.data_ptr(), mask._version, tuple(mask.shape))
+        if self._slots is None or self._slots[0] != key or self.forward_weight.shape != tuple(weight.shape):
+            try:
+                self._learn_slots(weight, mask, key)
+            except ValueSlotsError as error:
+                self.slots_error = str(error)
+                return False
+        _, mask_copy, forward_slots, backward_slots = self._slots
+        forward_slots.write(self.forward_weight.compressed, weight)
+        backward_slots.write(self.backward_weight.compressed, weight)
+        self.pair = _Pair(weight=weight, mask=mask_copy)
+        self.loads += 1
+        return True
+
+    def _learn_slots(self, weight: torch.Tensor, mask: torch.Tensor, key: tuple) -> None:
+        """Value slots of both buffers for `mask`, the backward one reading W's entries (Wᵀ[i, j] = W[j, i])."""
+        mask = mask.clone()
+        weight_s = _masked(weight, mask)
+        self._ensure_weights(weight_s, weight_s.T.contiguous())
+        n, k = weight.shape
+        w_index = torch.arange(n * k, device=weight.device).reshape(n, k)
+        forward_slots = self.forward_weight.learn_value_slots(mask)
+        backward_slots = self.backward_weight.learn_value_slots(mask.T.contiguous()).remap_sources(w_index.T)
+        self._slots = (key, mask, forward_slots, backward_slots)
+
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if x.shape[0] % self.TOKENS:
-            return F.linear(x, self.weight_s, bias)
+            return F.linear(x, self.pair.weight_s, bias)
         return self.forward_weight.linear(x, bias=bias)  # bias added in cuSPARSELt's epilogue
 
     def grad_input(self, grad_y: torch.Tensor) -> torch.Tensor:
         if grad_y.shape[0] % self.TOKENS:
-            return grad_y @ self.weight_t.T
+            return grad_y @ self.pair.weight_t.T
         return self.backward_weight.linear(grad_y)
 
 
@@ -219,7 +283,7 @@ class Sparse24LinearFunction(torch.autograd.Function):
         # W_sᵀ (a reference: loads rebind, never write into it) and mask (a clone: masks are updated in place)
         ctx.save_for_backward(x2, weight, mask.clone() if srste_decay else None)
         ctx.backend, ctx.srste_decay, ctx.has_bias, ctx.shape = backend, srste_decay, bias is not None, shape
-        ctx.weight_t, ctx.loads = backend.weight_t, backend.loads
+        ctx.pair, ctx.loads = backend.pair, backend.loads
         return y.reshape(*shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -231,7 +295,7 @@ class Sparse24LinearFunction(torch.autograd.Function):
             if ctx.backend.loads == ctx.loads:
                 grad_x = ctx.backend.grad_input(grad_y)
             else:  # the backend holds a newer weight now: the dense product with this forward's W_sᵀ
-                grad_x = grad_y @ ctx.weight_t.T
+                grad_x = grad_y @ ctx.pair.weight_t.T
             grad_x = grad_x.reshape(ctx.shape)
         if ctx.needs_input_grad[1]:
             grad_w = grad_y.T @ x2  # straight through: every entry, kept or pruned
@@ -330,12 +394,18 @@ class Sparse24Linear(nn.Module):
 
     @torch.no_grad()
     def _load(self, recompute_mask: bool) -> None:
-        """Hand the backend this step's W_s and W_sᵀ (recomputing the mask first when asked)."""
+        """Hand the backend this step's W_s and W_sᵀ (recomputing the mask first when asked): for a fixed
+        transposable mask on cuSPARSELt, written from W straight into the compressed buffers."""
+        backend = self.backend()
+        if not recompute_mask and self.mask_mode == "fixed" and self.transpose == "transposable" \
+                and isinstance(backend, CusparseltBackend) and backend.load_fixed(self.weight.detach(), self.mask):
+            self._loaded_version = (*self._weight_key(), self.mask._version)
+            return
         mask, weight_s, weight_t = sparse_pair(self.weight, None if recompute_mask else self.mask, self.transpose)
         if recompute_mask:
             self.mask.copy_(mask)
             self._mask_of = self._weight_key()
-        self.backend().load(weight_s, weight_t)
+        backend.load(weight_s, weight_t)
         self._loaded_version = (*self._weight_key(), self.mask._version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

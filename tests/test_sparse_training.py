@@ -278,6 +278,32 @@ def test_cusparselt_training_steps_recompress_in_place():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fixed_mask_steps_write_cusparselts_own_bytes_by_gather(dtype):
+    from sparsity_lab.cusparselt import Semi24Weight
+
+    torch.manual_seed(0)
+    layer = Sparse24Linear(256, 512, mask="fixed", backend="cusparselt", device="cuda", dtype=dtype)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    for _ in range(3):
+        x = torch.randn(64, 256, device="cuda", dtype=dtype)
+        layer(x).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    layer(torch.randn(64, 256, device="cuda", dtype=dtype))  # loads the stepped weight
+    backend = layer.backend()
+    assert backend.slots_error is None and backend._slots is not None  # the gather path ran
+    weight_s = layer.sparse_weight()
+    assert torch.equal(backend.forward_weight.compressed, Semi24Weight.from_dense(weight_s).compressed)
+    assert torch.equal(backend.backward_weight.compressed,
+                       Semi24Weight.from_dense(weight_s.T.contiguous()).compressed)
+    x = torch.randn(64, 256, device="cuda", dtype=dtype, requires_grad=True)
+    layer(x).float().sum().backward()
+    torch.testing.assert_close(x.grad.float(), torch.ones(64, 512, device="cuda") @ weight_s.float(),
+                               rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
 def test_cusparselt_backend_takes_any_token_count():
     layer, reference = _gpu_case(torch.float16)
     x = torch.randn(3, 256, device="cuda", dtype=torch.float16, requires_grad=True)  # 3: not a multiple of 8

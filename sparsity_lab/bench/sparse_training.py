@@ -4,7 +4,8 @@ against the same block with dense `nn.Linear`, correctness first.
 Variants of the 2:4 block (`Sparse24Linear`, cuSPARSELt backend, transposable masks):
 
 * ``dynamic``: a real training step's work: the mask recomputed from |W| and W_s, W_sᵀ compressed again;
-* ``fixed mask``: the mask kept, W_s and W_sᵀ compressed again (the weights change every step);
+* ``fixed mask``: the mask kept, W_s and W_sᵀ written again (the weights change every step): gathered from W
+  into cuSPARSELt's buffers through value slots learnt once (`sparsity_lab.value_slots`), where they can be;
 * ``kernels only``: no mask and no compression: the 2:4 step without training's per-step work (its products,
   and the rest of the step: GELU, dW, autograd on column-major activations and gradients).
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--dim", type=int, default=None, help="block width (default 1024; 32 on the CPU)")
     parser.add_argument("--hidden", type=int, default=None, help="hidden width (default 4096; 64 on the CPU)")
-    parser.add_argument("--tokens", default=None, help="comma-separated token counts (default 8192,16384)")
+    parser.add_argument("--tokens", default=None, help="comma-separated token counts (default 8192,16384,32768,65536)")
     parser.add_argument("--dtypes", default="float16,bfloat16")
     parser.add_argument("--trials", type=int, default=15)
     parser.add_argument("--calls", type=int, default=5, help="back-to-back steps per timed trial")
@@ -101,26 +102,34 @@ def _step(block: SparseMLP, variant: str, x: torch.Tensor, grad: torch.Tensor) -
 
 
 def check_block(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor) -> dict[str, float]:
-    """Relative errors of the 2:4 block against the dense-reference backend in float32 on the same masked
-    weights: output, input gradient, and weight gradients."""
-    block = blocks["dynamic"]
-    reference = SparseMLP(block.fc1.in_features, block.fc1.out_features, sparse=True, backend="dense",
-                          device=x.device, dtype=torch.float32)
-    reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in block.state_dict().items()})
-    reference.fc1.mask_mode = reference.fc2.mask_mode = "fixed"  # same masks as the block's
-    block.fc1.mask_mode = block.fc2.mask_mode = "fixed"
-    try:
-        xs, xr = x.detach().clone().requires_grad_(), x.detach().float().requires_grad_()
-        y, yr = block(xs), reference(xr)
-        y.backward(grad)
-        yr.backward(grad.float())
-    finally:
-        block.fc1.mask_mode = block.fc2.mask_mode = "dynamic"
-    errors = {"y": relative_error(y, yr), "grad_x": relative_error(xs.grad, xr.grad)}
-    for name in ("fc1", "fc2"):
-        errors[f"grad_{name}.weight"] = relative_error(getattr(block, name).weight.grad,
-                                                       getattr(reference, name).weight.grad)
-        getattr(block, name).weight.grad = getattr(block, name).bias.grad = None
+    """Relative errors of the 2:4 blocks ("dynamic", and "fixed mask" with its weights written by its fixed-mask
+    path) against the dense-reference backend in float32 on the same masked weights: output, input gradient,
+    and weight gradients."""
+    errors = {}
+    for variant, prefix in (("dynamic", ""), ("fixed mask", "fixed mask ")):
+        block = blocks[variant]
+        reference = SparseMLP(block.fc1.in_features, block.fc1.out_features, sparse=True, backend="dense",
+                              device=x.device, dtype=torch.float32)
+        reference.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                   for k, v in block.state_dict().items()})
+        modes = block.fc1.mask_mode, block.fc2.mask_mode
+        reference.fc1.mask_mode = reference.fc2.mask_mode = "fixed"  # same masks as the block's
+        block.fc1.mask_mode = block.fc2.mask_mode = "fixed"
+        try:
+            for layer in (block.fc1, block.fc2):
+                layer._loaded_version = None  # load through the fixed-mask path, as the timed steps do
+            xs, xr = x.detach().clone().requires_grad_(), x.detach().float().requires_grad_()
+            y, yr = block(xs), reference(xr)
+            y.backward(grad)
+            yr.backward(grad.float())
+        finally:
+            block.fc1.mask_mode, block.fc2.mask_mode = modes
+        errors[f"{prefix}y"] = relative_error(y, yr)
+        errors[f"{prefix}grad_x"] = relative_error(xs.grad, xr.grad)
+        for name in ("fc1", "fc2"):
+            errors[f"{prefix}grad_{name}.weight"] = relative_error(getattr(block, name).weight.grad,
+                                                                   getattr(reference, name).weight.grad)
+            getattr(block, name).weight.grad = getattr(block, name).bias.grad = None
     return errors
 
 
@@ -147,6 +156,9 @@ def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor,
         add(f"{name} W_s + W_sᵀ (fixed mask)", None, lambda s=s_layer: sparse_pair(s.weight, s.mask, s.transpose))
         pair = sparse_pair(s_layer.weight, s_layer.mask, s_layer.transpose)[1:]
         add(f"{name} compress W_s, W_sᵀ", None, lambda b=backend, p=pair: b.load(*p))
+        if cuda:
+            add(f"{name} gather W_s, W_sᵀ (fixed mask)", None,
+                lambda b=backend, s=s_layer: b.load_fixed(s.weight.detach(), s.mask))
     add("GELU forward", lambda h=hidden: F.gelu(h), lambda h=hidden: F.gelu(h))
     add("GELU backward", lambda h=hidden: torch.ops.aten.gelu_backward(h, h),
         lambda h=hidden: torch.ops.aten.gelu_backward(h, h))
@@ -168,11 +180,14 @@ def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.de
             ms = _time_ms(_step(blocks[variant], variant, x, grad), cuda, args.calls, args.trials)
             rows.append({"dtype": str(dtype).removeprefix("torch."), "tokens": tokens, "variant": variant,
                          "dense_ms": dense_ms, "sparse_ms": ms, "speedup": dense_ms / ms})
+    fixed = blocks["fixed mask"].fc1.backend()  # checked and timed above: its path is known by now
+    gather = "dense backend" if fixed.name == "dense" else fixed.slots_error
     parts = breakdown(blocks, x.detach(), grad, cuda, args.calls, args.trials) if correct else []
     for part in parts:
         part.update(dtype=str(dtype).removeprefix("torch."), tokens=tokens)
     return {"rows": rows, "breakdown": parts, "check": {"dtype": str(dtype), "tokens": tokens, "errors": errors,
-                                                        "correct": correct}}
+                                                        "correct": correct,
+                                                        "fixed_mask_gather": gather or "on"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cuda = device.type == "cuda"
     dim, hidden = args.dim or (1024 if cuda else 32), args.hidden or (4096 if cuda else 64)
-    tokens = [int(t) for t in (args.tokens or ("8192,16384" if cuda else "64")).split(",")]
+    tokens = [int(t) for t in (args.tokens or ("8192,16384,32768,65536" if cuda else "64")).split(",")]
     dtypes = [getattr(torch, d.strip()) for d in args.dtypes.split(",")] if cuda else [torch.float32]
     out = args.out or (RECORDED_DIR / f"{NAME}.json" if cuda else Path("sparse_training_cpu.json"))
     environment = record_environment(device)
