@@ -56,8 +56,8 @@ def graph_ms(fn):
     return _timing.graph_ms(fn, calls=50)
 
 
-def host_us(fn):
-    return _timing.host_us(fn, calls=2000, trials=5)
+def host_us(fn, calls=2000):
+    return _timing.host_us(fn, calls=calls, trials=5)
 
 
 @section("environment")

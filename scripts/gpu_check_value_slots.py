@@ -9,7 +9,8 @@
    (subprocess, timeout), each checked against a float32 reference, against cuBLAS in the same run;
 5. the eager hot path at M = 16 (bare ctypes call, our linear, dense) against CUDA-graph replay.
 
-    OUT=/tmp/out python scripts/gpu_check_value_slots.py
+    OUT=/tmp/out python scripts/gpu_check_value_slots.py          # call 6
+    OUT=/tmp/out python scripts/gpu_check_value_slots.py call7    # call 7: diagnosis, profile, bench, hot path
 """
 
 from __future__ import annotations
@@ -144,14 +145,113 @@ def hot_path() -> list:
     return [shape_row(16, 4096, 4096), shape_row(16, 4096, 4096, torch.bfloat16), shape_row(128, 4096, 4096)]
 
 
+def slots_diagnosis() -> dict:
+    """Call 7: why a gathered (4096, 1024) buffer differed from cuSPARSELt's compress in call 6: determinism of
+    compress, where the bytes differ, which values, and what a matmul on each buffer gives."""
+    import torch
+
+    from sparsity_lab.checks import relative_error
+    from sparsity_lab.cusparselt import Semi24Weight
+    from sparsity_lab.sparse_training import _masked, transposable_mask
+
+    rows = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        for shape in ((4096, 1024), (1024, 4096)):
+            for trial in range(2):
+                w = torch.randn(shape, device="cuda", dtype=dtype)
+                mask = transposable_mask(w)
+                ws = _masked(w, mask)
+                a, b = Semi24Weight.from_dense(ws), Semi24Weight.from_dense(ws)
+                row = {"fresh_equal": bool(torch.equal(a.compressed, b.compressed))}
+                a.recompress(ws)
+                row["recompress_equal"] = bool(torch.equal(a.compressed, b.compressed))
+                slots = a.learn_value_slots(mask)
+                for label, w2 in (("randn", torch.randn_like(w)),
+                                  ("randn |x|>=0.5", torch.randn_like(w).clamp(min=-8, max=8)),
+                                  ("uniform 0.5..1.5", torch.rand_like(w) + 0.5)):
+                    if label == "randn |x|>=0.5":
+                        w2 = torch.where(w2.abs() < 0.5, torch.sign(w2) * 0.5 + (w2 == 0) * 0.5, w2)
+                    m2 = _masked(w2, mask)
+                    slots.write(a.compressed, w2)
+                    got = a.compressed.clone()
+                    b.recompress(m2)
+                    exp = b.compressed.clone()
+                    diff = (got != exp).nonzero().squeeze(1)
+                    value_bytes = slots.sources.numel() * 2
+                    info = {"n_diff_bytes": diff.numel(), "in_values": int((diff < value_bytes).sum()),
+                            "first": diff[:8].tolist()}
+                    if diff.numel():
+                        elems = torch.unique(diff[diff < value_bytes] // 2)[:6]
+                        gv, ev = got.view(dtype)[elems].float(), exp.view(dtype)[elems].float()
+                        src = slots.sources.long()[elems]
+                        info.update(got=gv.tolist(), exp=ev.tolist(), source=w2.reshape(-1)[src].float().tolist())
+                    x = torch.randn(64, shape[1], device="cuda", dtype=dtype)
+                    ref = x.float() @ m2.float().T
+                    info["err_gather"] = relative_error(a.linear(x), ref)
+                    info["err_compress"] = relative_error(b.linear(x), ref)
+                    row[label] = info
+                key = f"{dtype} {shape} trial {trial}"
+                rows[key] = row
+                print(key, row, flush=True)
+    return rows
+
+
+def profile_fixed() -> dict:
+    """Call 7: torch.profiler over fixed-mask and kernels-only steps (fp16, 8192 tokens)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from sparsity_lab.bench._timing import loop_ms
+    from sparsity_lab.bench.sparse_training import _blocks, _step
+
+    blocks = _blocks(1024, 4096, torch.float16, torch.device("cuda"))
+    x = torch.randn(8192, 1024, device="cuda", dtype=torch.float16, requires_grad=True)
+    grad = torch.randn(8192, 1024, device="cuda", dtype=torch.float16)
+    out = {}
+    for variant in ("dense", "kernels only", "fixed mask", "dynamic"):
+        step = _step(blocks[variant], variant, x, grad)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        out[variant] = {"loop_ms": loop_ms(step, calls=5, trials=15)}
+        t = time.perf_counter()
+        for _ in range(20):
+            step()
+        out[variant]["host_ms_per_step"] = (time.perf_counter() - t) * 1e3 / 20
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        print(f"===== {variant} {out[variant]}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70))
+    return out
+
+
 def child(name: str) -> None:
-    result = {"value_slots": value_slots_probe, "bsr_cluster": bsr_cluster_probe, "hot_path": hot_path}[name]()
+    result = {"value_slots": value_slots_probe, "bsr_cluster": bsr_cluster_probe, "hot_path": hot_path,
+              "diagnosis": slots_diagnosis, "profile": profile_fixed}[name]()
     print("RESULT", json.dumps(result, default=str), flush=True)  # the parent keeps it from the log
+
+
+def call7() -> None:
+    """The second call: diagnosis, profile, the benchmark again (its steps now redo the per-update work), hot path."""
+    py, me = sys.executable, str(Path(__file__).resolve())
+    REPORT["diagnosis"] = run([py, me, "diagnosis"], "diagnosis", 150)
+    save()
+    REPORT["profile"] = run([py, me, "profile"], "profile", 150)
+    save()
+    REPORT["bench"] = run([py, "-m", "sparsity_lab", "bench", "sparse_training", "--out",
+                           str(OUT / "sparse_training_gpu.json")], "sparse_training_bench", 300)
+    save()
+    REPORT["hot_path"] = run([py, me, "hot_path"], "hot_path", 150)
+    REPORT["wall_s"] = time.time() - T0
+    save()
 
 
 def main() -> None:
     py = sys.executable
-    os.environ.setdefault("PYTHONPATH", os.getcwd())
     me = str(Path(__file__).resolve())
     REPORT["value_slots"] = run([py, me, "value_slots"], "value_slots", 180)
     save()
@@ -170,7 +270,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    os.environ.setdefault("PYTHONPATH", os.getcwd())
+    if len(sys.argv) > 1 and sys.argv[1] == "call7":
+        call7()
+    elif len(sys.argv) > 1:
         child(sys.argv[1])
     else:
         main()

@@ -86,13 +86,15 @@ def _blocks(dim: int, hidden: int, dtype: torch.dtype, device: torch.device) -> 
 
 
 def _step(block: SparseMLP, variant: str, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    """One forward + backward; the "fixed mask" variant also recompresses, as after an optimizer step."""
+    """One forward + backward; the "dynamic" and "fixed mask" variants first mark the weights as updated (as an
+    optimizer step does, without its arithmetic), so each step redoes the layer's per-update work: the mask and
+    compression, or the fixed mask's gather. The dense block and "kernels only" skip it."""
     layers = (block.fc1, block.fc2)
 
     def step() -> None:
-        if variant == "fixed mask":
+        if variant in ("dynamic", "fixed mask"):
             for layer in layers:
-                layer._loaded_version = None  # the weight moved: compress W_s and W_sᵀ again
+                torch.autograd.graph.increment_version(layer.weight)  # what optimizer.step() leaves behind
         block(x).backward(grad)
         x.grad = None
         for layer in layers:
