@@ -11,6 +11,7 @@
 
     OUT=/tmp/out python scripts/gpu_check_value_slots.py          # call 6
     OUT=/tmp/out python scripts/gpu_check_value_slots.py call7    # call 7: diagnosis, profile, bench, hot path
+    OUT=/tmp/out python scripts/gpu_check_value_slots.py call8    # call 8: diagnosis, block-sparse heatmap (H200)
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def slots_diagnosis() -> dict:
                                   ("randn |x|>=0.5", torch.randn_like(w).clamp(min=-8, max=8)),
                                   ("uniform 0.5..1.5", torch.rand_like(w) + 0.5)):
                     if label == "randn |x|>=0.5":
-                        w2 = torch.where(w2.abs() < 0.5, torch.sign(w2) * 0.5 + (w2 == 0) * 0.5, w2)
+                        w2 = torch.where(w2.abs() < 0.5, torch.where(w2 < 0, -0.5, 0.5), w2.float())
+                    w2 = w2.to(dtype)
                     m2 = _masked(w2, mask)
                     slots.write(a.compressed, w2)
                     got = a.compressed.clone()
@@ -250,6 +252,17 @@ def call7() -> None:
     save()
 
 
+def call8() -> None:
+    """The third call: the diagnosis again (call 7's crashed on a float32 probe), then the block-sparse heatmap and
+    GPU tests on this H200 (scripts/gpu_block_sparse.sh)."""
+    py, me = sys.executable, str(Path(__file__).resolve())
+    REPORT["diagnosis"] = run([py, me, "diagnosis"], "diagnosis", 150)
+    save()
+    REPORT["block_sparse"] = run(["bash", "scripts/gpu_block_sparse.sh"], "block_sparse", 330)
+    REPORT["wall_s"] = time.time() - T0
+    save()
+
+
 def main() -> None:
     py = sys.executable
     me = str(Path(__file__).resolve())
@@ -271,8 +284,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONPATH", os.getcwd())
-    if len(sys.argv) > 1 and sys.argv[1] == "call7":
-        call7()
+    if len(sys.argv) > 1 and sys.argv[1] in ("call7", "call8"):
+        {"call7": call7, "call8": call8}[sys.argv[1]]()
     elif len(sys.argv) > 1:
         child(sys.argv[1])
     else:

