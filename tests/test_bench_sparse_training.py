@@ -29,3 +29,13 @@ def test_training_variants_redo_their_per_update_work_every_step():
         for _ in range(3):
             step()
         assert layer.backend().loads - before == 3 * loads_per_step, variant
+
+
+def test_ceiling_sums_the_parts_both_blocks_run():
+    parts = [{"dtype": "float16", "tokens": 8, "part": "y", "dense_ms": 3.0, "sparse_ms": 2.0},
+             {"dtype": "float16", "tokens": 8, "part": "mask", "dense_ms": None, "sparse_ms": 5.0},
+             {"dtype": "float16", "tokens": 8, "part": "gelu", "dense_ms": 1.0, "sparse_ms": 1.0},
+             {"dtype": "float16", "tokens": 16, "part": "y", "dense_ms": 4.0, "sparse_ms": 2.0}]
+    first, second = bench.ceilings(parts)
+    assert (first["tokens"], first["dense_ms"], first["sparse_ms"], first["ceiling"]) == (8, 4.0, 3.0, 4 / 3)
+    assert (second["tokens"], second["ceiling"]) == (16, 2.0)

@@ -167,6 +167,21 @@ def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor,
     return rows
 
 
+def ceilings(breakdown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dtype, tokens): the step's parts that both blocks run (the six products and the GELU), each timed
+    alone, summed for dense and for 2:4, and their ratio: the speedup the 2:4 block would reach with free masks,
+    free compression and no host time."""
+    sums: dict[tuple[str, int], list[float]] = {}
+    for part in breakdown:
+        if part["dense_ms"] is None:  # mask and compression: only the 2:4 block has them
+            continue
+        total = sums.setdefault((part["dtype"], part["tokens"]), [0.0, 0.0])
+        total[0] += part["dense_ms"]
+        total[1] += part["sparse_ms"]
+    return [{"dtype": dtype, "tokens": tokens, "dense_ms": d, "sparse_ms": s, "ceiling": d / s}
+            for (dtype, tokens), (d, s) in sums.items()]
+
+
 def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.device, args) -> dict[str, Any]:
     """Check, then time, every variant at one (dtype, tokens); returns the rows and checks for the results."""
     cuda = device.type == "cuda"
@@ -225,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                           "trials": args.trials, "calls": args.calls, "activation": "gelu",
                           "column_major_x": cusparselt.COLUMN_MAJOR_X, "timing": "CUDA events, eager, median"
                           if cuda else "perf_counter, median"},
-               "rows": rows, "breakdown": parts, "checks": checks, "targets": targets,
+               "rows": rows, "breakdown": parts, "ceilings": ceilings(parts), "checks": checks, "targets": targets,
                "all_correct": all(c["correct"] for c in checks), "wall_s": time.perf_counter() - started}
     path = save_results(NAME if cuda else "sparse_training_cpu", figures, out, environment)
+    for c in figures["ceilings"]:
+        print(f"ceiling {c['dtype']} M={c['tokens']}: the parts both blocks run sum to {c['dense_ms']:.3f} ms dense, "
+              f"{c['sparse_ms']:.3f} ms 2:4: {c['ceiling']:.2f}x")
     for t in targets:
         print(f"target {t['dtype']} M={t['tokens']}: {t['speedup']:.2f}x (goal >= {TARGET}x) met={t['met']}")
     print(f"all correct: {figures['all_correct']}; wrote {path}")
