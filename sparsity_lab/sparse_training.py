@@ -26,6 +26,7 @@ transposable mask, written from W by a gather into cuSPARSELt's buffers instead 
 from __future__ import annotations
 
 import itertools
+import warnings
 from functools import cache
 
 import torch
@@ -133,6 +134,13 @@ def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str 
     return mask, weight_s, weight_t
 
 
+def _exactly_two_of_four(mask: torch.Tensor) -> bool:
+    """Every group of four keeps exactly two, along the rows and (transposable) along the columns."""
+    rows = mask.reshape(mask.shape[0], -1, 4).sum(-1)
+    cols = mask.T.reshape(mask.shape[1], -1, 4).sum(-1)
+    return bool((rows == 2).all()) and bool((cols == 2).all())
+
+
 class _Pair:
     """One load's W_s and the weight the input gradient uses (W_sᵀ, or its re-pruned version): given, or made
     from (W, mask) on first use (the fixed-mask path fills cuSPARSELt's buffers from W and rarely needs them)."""
@@ -210,19 +218,27 @@ class CusparseltBackend:
 
     def load_fixed(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
         """Load W ⊙ mask for a transposable `mask` that training keeps fixed, by gathering W's kept values into
-        both buffers. False (nothing loaded) where value slots cannot be learnt here; `load` instead."""
+        both buffers. False (nothing loaded; `load` instead) for a mask that keeps fewer than two of some four, or
+        where value slots cannot be learnt here (`slots_error` says why, and a warning once). The mask is known by
+        its address and version: change it in place (``copy_``, `Sparse24Linear.update_mask`), not through ``.data``."""
         from sparsity_lab.value_slots import ValueSlotsError
 
         if self.slots_error is not None:
             return False
         key = (mask.data_ptr(), mask._version, tuple(mask.shape))
         if self._slots is None or self._slots[0] != key or self.forward_weight.shape != tuple(weight.shape):
+            if not _exactly_two_of_four(mask):  # cuSPARSELt's compress takes sparser masks; the slots do not
+                self._slots = (key, None, None, None)
+                return False
             try:
                 self._learn_slots(weight, mask, key)
             except ValueSlotsError as error:
                 self.slots_error = str(error)
+                warnings.warn(f"2:4 training falls back to cuSPARSELt's compress every step: {error}", stacklevel=2)
                 return False
         _, mask_copy, forward_slots, backward_slots = self._slots
+        if mask_copy is None:
+            return False
         forward_slots.write(self.forward_weight.compressed, weight)
         backward_slots.write(self.backward_weight.compressed, weight)
         self.pair = _Pair(weight=weight, mask=mask_copy)
@@ -320,7 +336,9 @@ class Sparse24Linear(nn.Module):
 
     `mask`: "dynamic" (recomputed from |W| every training step) or "fixed"; `transpose`: "transposable" or
     "recompress" (how the input gradient gets a 2:4 Wᵀ); `srste_decay`: SR-STE's λ (0 = plain STE);
-    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense)."""
+    `backend`: "dense", "cusparselt" or "auto" (cuSPARSELt where it can run, else dense).
+    The layer notices a new weight or mask through autograd's version counters: change the mask buffer in place
+    (``layer.mask.copy_(m)``) or with `update_mask`, never through ``.data``, which those counters do not see."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mask: str = "dynamic",
                  transpose: str = "transposable", srste_decay: float = 0.0, backend: str = "auto",

@@ -16,13 +16,13 @@ bit for bit. A compressor whose layout is not a fixed permutation fails that che
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 # Digits that the dtype holds exactly as integers (after adding one): 11 significant bits for float16, 8 for bfloat16.
+# Both are 16-bit types, so buffers are compared as int16 bit patterns.
 DIGIT_BASE = {torch.float16: 1024, torch.bfloat16: 128}
 
 
@@ -73,25 +73,28 @@ def learn(compress: Callable[[torch.Tensor], torch.Tensor], mask: torch.Tensor, 
         raise ValueError(f"mask must keep exactly 2 of every 4: row {row}, group {group} (columns "
                          f"{4 * group}..{4 * group + 3}) keeps {int(per_group[row, group])}")
     base, numel = DIGIT_BASE[dtype], mask.numel()
-    digits = max(1, math.ceil(math.log(numel, base)))
+    digits = 1
+    while base ** digits < numel:
+        digits += 1
     flat_index = torch.arange(numel, device=mask.device).reshape(mask.shape)
 
     def compressed(kept: torch.Tensor) -> torch.Tensor:
+        """The probe's buffer as 16-bit words: compared as bit patterns (metadata may read as NaN in `dtype`)."""
         buffer = compress(_probe(mask, kept, dtype))
         if buffer.numel() % dtype.itemsize:
             raise ValueSlotsError(f"a compressed buffer of {buffer.numel()} bytes is not made of {dtype} elements")
-        return buffer.view(dtype).clone()
+        return buffer.view(torch.int16).clone()
 
     negative = compressed(torch.full(mask.shape, -1.0, device=mask.device))
     probes = [compressed(flat_index // base ** d % base + 1) for d in range(digits)]
     is_slot = negative != probes[0]
     slots = is_slot.nonzero().squeeze(1)
     kept = mask.reshape(-1).nonzero().squeeze(1)
-    if slots.numel() != kept.numel() or not bool((negative[slots] == -1).all()):
+    if slots.numel() != kept.numel() or not bool((negative[slots].view(dtype) == -1).all()):
         raise ValueSlotsError(f"found {slots.numel()} value slots for {kept.numel()} kept values")
     if any(not torch.equal(p[~is_slot], negative[~is_slot]) for p in probes):
         raise ValueSlotsError("the buffer's non-value bytes depend on the values, not only on the mask")
-    sources = sum((p[slots].long() - 1) * base ** d for d, p in enumerate(probes))
+    sources = sum((p[slots].view(dtype).long() - 1) * base ** d for d, p in enumerate(probes))
     if not torch.equal(torch.sort(sources).values, kept):
         raise ValueSlotsError("the value slots do not hold each kept entry exactly once")
     index_dtype = torch.int32 if numel < 2 ** 31 else torch.int64

@@ -95,3 +95,106 @@ def test_bad_masks_and_dtypes_say_what_is_wrong():
         learn(cutlass_buffer, mask.float(), torch.float16)
     with pytest.raises(TypeError, match="float32"):
         learn(cutlass_buffer, mask, torch.float32)
+
+
+# ------------------------------------------------------------------ the cuSPARSELt backend's fixed-mask path, on a
+# CPU stand-in for Semi24Weight whose buffer is our CUTLASS values + metadata (metadata from the non-zeros)
+class FakeSemi24Weight:
+    compress_calls = 0
+
+    def __init__(self, dense: torch.Tensor) -> None:
+        self.shape, self.dtype = tuple(dense.shape), dense.dtype
+        self.compressed = cutlass_buffer(dense)
+
+    @classmethod
+    def from_dense(cls, dense: torch.Tensor) -> "FakeSemi24Weight":
+        return cls(dense)
+
+    def recompress(self, dense: torch.Tensor) -> None:
+        FakeSemi24Weight.compress_calls += 1
+        self.compressed.copy_(cutlass_buffer(dense))
+
+    def dense(self) -> torch.Tensor:
+        n, k = self.shape
+        values_bytes = n * k  # 2-byte values, half the entries
+        values = self.compressed[:values_bytes].view(self.dtype).reshape(n, k // 2)
+        meta = self.compressed[values_bytes:].view(semi24.meta_dtype(self.dtype)).reshape(n, -1)
+        return semi24.decompress(values, meta)
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = x.float() @ self.dense().float().T
+        return (y if bias is None else y + bias.float()).to(x.dtype)
+
+    def learn_value_slots(self, mask: torch.Tensor):
+        def compress(dense):
+            self.recompress(dense)
+            return self.compressed
+
+        return learn(compress, mask, self.dtype)
+
+
+@pytest.fixture
+def fake_backend_layer(monkeypatch):
+    from sparsity_lab import cusparselt
+    from sparsity_lab.sparse_training import CusparseltBackend, Sparse24Linear
+
+    monkeypatch.setattr(cusparselt, "Semi24Weight", FakeSemi24Weight)
+
+    def make(seed: int = 0) -> Sparse24Linear:
+        torch.manual_seed(seed)
+        layer = Sparse24Linear(64, 128, mask="fixed", backend="dense", dtype=torch.float16)
+        layer._backend, layer._backend_key = CusparseltBackend(), (layer.weight.device, layer.weight.dtype)
+        return layer
+
+    return make
+
+
+def expected(layer, x):
+    return (x.float() @ layer.sparse_weight().float().T + layer.bias.float()).to(x.dtype)
+
+
+def test_fixed_mask_steps_gather_instead_of_compressing(fake_backend_layer):
+    layer = fake_backend_layer()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(16, 64, dtype=torch.float16))  # learns the slots (a few compress calls)
+    calls = FakeSemi24Weight.compress_calls
+    for _ in range(3):
+        layer(torch.randn(16, 64, dtype=torch.float16)).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    x = torch.randn(16, 64, dtype=torch.float16)
+    assert torch.equal(layer(x), expected(layer, x))
+    assert FakeSemi24Weight.compress_calls == calls  # three weight updates, no compression
+    backend = layer.backend()
+    assert torch.equal(backend.forward_weight.compressed, cutlass_buffer(layer.sparse_weight()))
+    assert torch.equal(backend.backward_weight.compressed, cutlass_buffer(layer.sparse_weight().T.contiguous()))
+
+
+def test_a_new_mask_is_learnt_and_a_sparser_one_is_compressed(fake_backend_layer):
+    layer = fake_backend_layer()
+    x = torch.randn(16, 64, dtype=torch.float16)
+    layer(x)
+    with torch.no_grad():
+        layer.mask.copy_(transposable_mask(torch.randn(128, 64)))  # in place: the layer sees the new version
+    assert torch.equal(layer(x), expected(layer, x))
+    with torch.no_grad():
+        layer.mask[:4] = False  # still transposable, but 0 of 4 in some groups: slots need exactly 2 of 4
+    assert torch.equal(layer(x), expected(layer, x))
+    assert layer.backend().slots_error is None
+
+
+def test_a_compressor_without_fixed_slots_falls_back_with_a_warning(fake_backend_layer, monkeypatch):
+    layer = fake_backend_layer()
+    monkeypatch.setattr(FakeSemi24Weight, "learn_value_slots", lambda self, mask: learn(
+        lambda d: cutlass_buffer(d * 2), mask, self.dtype))
+    x = torch.randn(16, 64, dtype=torch.float16)
+    with pytest.warns(UserWarning, match="falls back to cuSPARSELt's compress"):
+        y = layer(x)
+    assert torch.equal(y, expected(layer, x)) and "value slots" in layer.backend().slots_error
+
+
+def test_nan_looking_metadata_is_not_taken_for_a_value():
+    _, mask = weight_and_mask(32, 32, torch.float16)
+    nan_padding = torch.full((2,), 0xFF, dtype=torch.uint8)  # reads as NaN in float16 and never equals itself
+    slots = learn(lambda d: torch.cat([cutlass_buffer(d), nan_padding]), mask, torch.float16)
+    assert slots.sources.numel() == mask.sum()

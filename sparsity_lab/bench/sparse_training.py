@@ -119,7 +119,10 @@ def check_block(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tenso
         block.fc1.mask_mode = block.fc2.mask_mode = "fixed"
         try:
             for layer in (block.fc1, block.fc2):
-                layer._loaded_version = None  # load through the fixed-mask path, as the timed steps do
+                if variant == "fixed mask":
+                    layer._loaded_version = None  # load through the fixed-mask path, as its timed steps do
+                else:
+                    layer.update_mask()  # mask from |W| and cuSPARSELt's compress: the dynamic step's path
             xs, xr = x.detach().clone().requires_grad_(), x.detach().float().requires_grad_()
             y, yr = block(xs), reference(xr)
             y.backward(grad)
@@ -158,7 +161,7 @@ def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor,
         add(f"{name} W_s + W_sᵀ (fixed mask)", None, lambda s=s_layer: sparse_pair(s.weight, s.mask, s.transpose))
         pair = sparse_pair(s_layer.weight, s_layer.mask, s_layer.transpose)[1:]
         add(f"{name} compress W_s, W_sᵀ", None, lambda b=backend, p=pair: b.load(*p))
-        if cuda:
+        if cuda and backend.load_fixed(s_layer.weight.detach(), s_layer.mask):  # where value slots work here
             add(f"{name} gather W_s, W_sᵀ (fixed mask)", None,
                 lambda b=backend, s=s_layer: b.load_fixed(s.weight.detach(), s.mask))
     add("GELU forward", lambda h=hidden: F.gelu(h), lambda h=hidden: F.gelu(h))
