@@ -67,8 +67,6 @@ def profile() -> None:
     """torch.profiler over a few forward + backward steps of the dense block and the 2:4 "kernels only" and
     "dynamic" blocks (fp16, 8192 tokens): where the time goes, kernel by kernel, and the host's share."""
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     from sparsity_lab.bench.sparse_training import _blocks, _step
 
@@ -80,12 +78,21 @@ def profile() -> None:
         for _ in range(3):
             step()
         torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                step()
-            torch.cuda.synchronize()
         print(f"===== {variant}")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+        print_profile(step, rows=14, width=60)
+
+
+def print_profile(step, rows: int, width: int) -> None:
+    """torch.profiler over 5 calls of `step`: the table of its ops and kernels by CUDA time."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=width))
 
 
 def run(command: list[str], name: str, timeout: int, env: dict | None = None) -> int:

@@ -201,8 +201,8 @@ def slots_diagnosis() -> dict:
 def profile_fixed() -> dict:
     """Call 7: torch.profiler over fixed-mask and kernels-only steps (fp16, 8192 tokens)."""
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_check_training import print_profile
 
     from sparsity_lab.bench._timing import loop_ms
     from sparsity_lab.bench.sparse_training import _blocks, _step
@@ -222,12 +222,8 @@ def profile_fixed() -> dict:
             step()
         out[variant]["host_ms_per_step"] = (time.perf_counter() - t) * 1e3 / 20
         torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                step()
-            torch.cuda.synchronize()
         print(f"===== {variant} {out[variant]}")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70))
+        print_profile(step, rows=16, width=70)
     return out
 
 
