@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import functional as F
@@ -464,13 +464,35 @@ class COO(_SparseMatrix):
 CSR_METHODS = ("auto", "embedding_bag", "index_add")
 
 
+@dataclass(frozen=True, eq=False, repr=False)
 class _CompressedRows(_SparseMatrix):
     """What CSR and BSR share: row pointers, column indices and values in torch's and scipy's compressed layouts
     (`_LAYOUT`, `_FORMAT`), values of `_VALUES_NDIM` dimensions (1: entries, 3: blocks)."""
 
-    _LAYOUT: torch.layout
-    _FORMAT: str
-    _VALUES_NDIM: int
+    crow_indices: torch.Tensor
+    col_indices: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int]
+
+    _index_names = ("crow_indices", "col_indices")
+    _LAYOUT: ClassVar[torch.layout]
+    _FORMAT: ClassVar[str]
+    _VALUES_NDIM: ClassVar[int]
+
+    def _checked_shape(self, values_layout: str) -> tuple[int, int]:
+        """The arrays checked together and the shape normalised in place; values must be `values_layout`."""
+        owner = type(self).__name__
+        shape = _check_compressed(self.crow_indices, self.col_indices, self.values, self.shape, owner)
+        object.__setattr__(self, "shape", shape)
+        _check_ndim(self.values, self._VALUES_NDIM, "values", owner, values_layout)
+        return shape
+
+    def _check_rows(self, n_rows: int, n_cols: int, what: str = "rows") -> None:
+        """Row pointers for `n_rows` (block) rows, column indices below `n_cols`, ascending within each row."""
+        owner = type(self).__name__
+        _check_crow(self.crow_indices, n_rows, self.col_indices.numel(), owner, what=what)
+        _check_range(self.col_indices, n_cols, "col_indices", owner)
+        _check_sorted_within_rows(self.crow_indices, self.col_indices, owner)
 
     @classmethod
     def from_torch(cls, tensor: torch.Tensor):
@@ -512,24 +534,13 @@ class CSR(_CompressedRows):
     """A matrix by rows: `crow_indices` (rows + 1,) row pointers, `col_indices` (nnz,) ascending within each row,
     `values` (nnz,); both index arrays of one dtype (int32 or int64), as torch and scipy have them."""
 
-    crow_indices: torch.Tensor
-    col_indices: torch.Tensor
-    values: torch.Tensor
-    shape: tuple[int, int]
-
-    _index_names = ("crow_indices", "col_indices")
     _LAYOUT, _FORMAT, _VALUES_NDIM = torch.sparse_csr, "csr", 1
 
     def __post_init__(self) -> None:
-        crow, col, values = self.crow_indices, self.col_indices, self.values
-        shape = _check_compressed(crow, col, values, self.shape, "CSR")
-        object.__setattr__(self, "shape", shape)
-        _check_ndim(values, 1, "values", "CSR", "(nnz,)")
+        shape, col, values = self._checked_shape("(nnz,)"), self.col_indices, self.values
         if col.shape != values.shape:
             raise ValueError(f"CSR: col_indices has {col.numel()} entries but values has {values.numel()}")
-        _check_crow(crow, shape[0], col.numel(), "CSR")
-        _check_range(col, shape[1], "col_indices", "CSR")
-        _check_sorted_within_rows(crow, col, "CSR")
+        self._check_rows(shape[0], shape[1])
 
     @classmethod
     def from_dense(cls, dense: torch.Tensor, index_dtype: torch.dtype = torch.int64,
@@ -616,25 +627,14 @@ class BSR(_CompressedRows):
     """A matrix by rows of blocks: `crow_indices` (block rows + 1,), `col_indices` (blocks,) block columns
     ascending within each block row, `values` (blocks, bh, bw) the stored blocks; blocksize = values.shape[1:]."""
 
-    crow_indices: torch.Tensor
-    col_indices: torch.Tensor
-    values: torch.Tensor
-    shape: tuple[int, int]
-
-    _index_names = ("crow_indices", "col_indices")
     _LAYOUT, _FORMAT, _VALUES_NDIM = torch.sparse_bsr, "bsr", 3
 
     def __post_init__(self) -> None:
-        crow, col, values = self.crow_indices, self.col_indices, self.values
-        shape = _check_compressed(crow, col, values, self.shape, "BSR")
-        object.__setattr__(self, "shape", shape)
-        _check_ndim(values, 3, "values", "BSR", "(blocks, bh, bw)")
+        shape, col, values = self._checked_shape("(blocks, bh, bw)"), self.col_indices, self.values
         bh, bw = _check_blocksize(shape, tuple(values.shape[1:]), "BSR")
         if col.numel() != values.shape[0]:
             raise ValueError(f"BSR: col_indices has {col.numel()} entries but values holds {values.shape[0]} blocks")
-        _check_crow(crow, shape[0] // bh, col.numel(), "BSR", what="block rows")
-        _check_range(col, shape[1] // bw, "col_indices", "BSR")
-        _check_sorted_within_rows(crow, col, "BSR")
+        self._check_rows(shape[0] // bh, shape[1] // bw, what="block rows")
 
     @property
     def blocksize(self) -> tuple[int, int]:
