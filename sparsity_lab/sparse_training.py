@@ -134,13 +134,6 @@ def sparse_pair(weight: torch.Tensor, mask: torch.Tensor | None, transpose: str 
     return mask, weight_s, weight_t
 
 
-def _exactly_two_of_four(mask: torch.Tensor) -> bool:
-    """Every group of four keeps exactly two, along the rows and (transposable) along the columns."""
-    rows = mask.reshape(mask.shape[0], -1, 4).sum(-1)
-    cols = mask.T.reshape(mask.shape[1], -1, 4).sum(-1)
-    return bool((rows == 2).all()) and bool((cols == 2).all())
-
-
 class _Pair:
     """One load's W_s and the weight the input gradient uses (W_sᵀ, or its re-pruned version): given, or made
     from (W, mask) on first use (the fixed-mask path fills cuSPARSELt's buffers from W and rarely needs them)."""
@@ -227,14 +220,14 @@ class CusparseltBackend:
             return False
         key = (mask.data_ptr(), mask._version, tuple(mask.shape))
         if self._slots is None or self._slots[0] != key or self.forward_weight.shape != tuple(weight.shape):
-            if not _exactly_two_of_four(mask):  # cuSPARSELt's compress takes sparser masks; the slots do not
-                self._slots = (key, None, None, None)
-                return False
             try:
                 self._learn_slots(weight, mask, key)
             except ValueSlotsError as error:
                 self.slots_error = str(error)
                 warnings.warn(f"2:4 training falls back to cuSPARSELt's compress every step: {error}", stacklevel=2)
+                return False
+            except ValueError:  # learn's mask check: fewer than two of some four, which compress takes and slots do not
+                self._slots = (key, None, None, None)
                 return False
         _, mask_copy, forward_slots, backward_slots = self._slots
         if mask_copy is None:
