@@ -22,11 +22,11 @@ import triton.language as tl
 from torch.nn import functional as F
 from triton.testing import do_bench
 
-from sparsity_lab.bench.block_sparse import random_block_sparse
-from sparsity_lab.block_sparse import BlockSparseMatrix
+from sparsity_lab.block.bench import random_block_sparse
+from sparsity_lab.block.layer import BlockSparseMatrix
 from sparsity_lab.checks import relative_error
-from sparsity_lab.kernels import bsr_matmul as K
-from sparsity_lab.kernels.bsr_matmul import _tma_block_product, interpreted
+from sparsity_lab.block import kernel as K
+from sparsity_lab.block.kernel import _tma_block_product, interpreted
 
 OUT = os.environ.get("OUT", "out")
 START = time.time()

@@ -38,9 +38,9 @@ recorded on an H100 (labelled with where and when).
     code("""
 import torch
 
-from sparsity_lab.bench import gpu_structure
-from sparsity_lab.plots.gpu import structure_speedups
-from sparsity_lab.results import device_name, load_results
+from sparsity_lab.gpu import bench as gpu_structure
+from sparsity_lab.gpu.plots import structure_speedups
+from sparsity_lab.course.results import device_name, load_results
 
 LIVE = torch.cuda.is_available()
 print("GPU here:", torch.cuda.get_device_name() if LIVE else "none -- GPU numbers below are recorded ones")
@@ -142,9 +142,9 @@ Everything below runs on the CPU too: where it needs a GPU it shows results reco
     code("""
 import torch
 
-from sparsity_lab import cusparselt
-from sparsity_lab.plots.gpu import compressor_times, eager_vs_graph, speedup_by_shape
-from sparsity_lab.results import load_results
+from sparsity_lab.semi24 import cusparselt
+from sparsity_lab.gpu.plots import compressor_times, eager_vs_graph, speedup_by_shape
+from sparsity_lab.course.results import load_results
 
 LIVE = torch.cuda.is_available()
 recorded = load_results("semi24_gpu")
@@ -159,13 +159,13 @@ print(f"recorded with our binding on cuSPARSELt {gpu['cusparselt_version']} ({gp
 Before a 2:4 matmul the weight must be pruned (keep the two largest |w| of every group of four) and packed:
 the kept values (half the columns) plus the metadata, 4 bits per group, in the interleaved order CUTLASS's kernels
 read. PyTorch's `to_sparse_semi_structured` does this in several passes; our Triton kernel
-(`sparsity_lab.kernels.semi24_compress.prune_and_compress`) reads the weight once and writes values and metadata
+(`sparsity_lab.semi24.compress_kernel.prune_and_compress`) reads the weight once and writes values and metadata
 once, bit for bit equal to PyTorch's CUTLASS conversion (checked in CI under Triton's interpreter).
 """),
     code("""
 from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
 
-from sparsity_lab.semi24 import sparsify
+from sparsity_lab.semi24.layout import sparsify
 
 w = torch.randn(32, 32).half()
 pruned = sparsify(w)  # what the kernel computes, in plain torch
@@ -180,7 +180,7 @@ print(f"bytes: dense {w.numel() * 2}, packed {values.numel() * 2 + meta.numel() 
 if LIVE:
     from triton.testing import do_bench
 
-    from sparsity_lab.kernels.semi24_compress import prune_and_compress
+    from sparsity_lab.semi24.compress_kernel import prune_and_compress
 
     big = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
     v, m, p = prune_and_compress(big, return_pruned=True)
@@ -203,7 +203,7 @@ into its own layout; a **matmul descriptor** (operations, compute type); an **al
 over its kernels; a **plan** and its workspace; and only then `cusparseLtMatmul`.
 
 `torch._cslt_sparse_mm` redoes the descriptors and the plan on every call (1-2 ms of host time), which is why
-PyTorch's 2:4 `F.linear` loses to dense for all but the largest shapes. Our binding (`sparsity_lab.cusparselt`,
+PyTorch's 2:4 `F.linear` loses to dense for all but the largest shapes. Our binding (`sparsity_lab.semi24.cusparselt`,
 plain ctypes on `libcusparseLt.so.0`) builds and searches a plan once per shape and caches it, so a call is one
 kernel launch on PyTorch's current stream (and can be captured in a CUDA graph).
 
@@ -226,7 +226,7 @@ print("a plan is cached under", cusparselt.PlanKey(m, k, n, torch.float16, torch
 if LIVE:
     import time
 
-    from sparsity_lab.kernels.semi24_compress import prune_and_compress
+    from sparsity_lab.semi24.compress_kernel import prune_and_compress
 
     x = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
     _, _, w24 = prune_and_compress(torch.randn(4096, 4096, device="cuda", dtype=torch.float16), return_pruned=True)
@@ -285,7 +285,7 @@ print(f"M=16, 4096²: ours {1000 * small['ours_graph_ms']:.1f} µs per call in a
     md("""
 ### Step 4 · Swapping a model's `nn.Linear` layers
 
-`swap_linears(model)` replaces every `nn.Linear` whose sizes the 2:4 kernels take by a `SparseLinear`: the weight
+`swap_linears(model)` replaces every `nn.Linear` whose sizes the 2:4 kernels take by a `Semi24Linear`: the weight
 is pruned to 2:4 (magnitude), kept dense for the fallback and compressed for cuSPARSELt. A **dispatcher** times
 sparse against dense the first time it sees a shape (M, K, N, dtype) and remembers the faster, so a swapped model is
 never slower than its dense self; on a CPU, or for a dtype the sparse tensor cores do not take, the layer runs the
@@ -294,7 +294,7 @@ dense product with the pruned weight and says why.
     code("""
 from torch import nn
 
-from sparsity_lab.sparse_linear import swap_linears
+from sparsity_lab.semi24.layer import swap_linears
 
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))

@@ -33,10 +33,10 @@ if not GPU:
     # kernels are imported (this notebook's kernel process imports them below, for the first time).
     os.environ["TRITON_INTERPRET"] = "1"
 
-from sparsity_lab.block_sparse import BlockSparseLinear, BlockSparseMatrix, swap_block_sparse
-from sparsity_lab.plots import block as block_plots
-from sparsity_lab.plots.pruning import mask_heatmap
-from sparsity_lab.results import load_results
+from sparsity_lab.block.layer import BlockSparseLinear, BlockSparseMatrix, swap_block_sparse
+from sparsity_lab.block import plots as block_plots
+from sparsity_lab.pruning.plots import mask_heatmap
+from sparsity_lab.course.results import load_results
 
 torch.manual_seed(0)
 print("GPU:", torch.cuda.get_device_name() if GPU else "none (kernel runs in the Triton interpreter)")"""),
@@ -57,7 +57,7 @@ print("round trip exact:", torch.equal(bsr.to_dense(), w),
 mask_heatmap(w != 0, title="a 2 x 3 grid of 4 x 4 blocks (dark = stored)")"""),
     md("""## 2. The kernel
 
-`sparsity_lab.kernels.bsr_matmul` computes the Linear layer's `y = x W^T (+ b)` for `x` of shape (tokens, in) and
+`sparsity_lab.block.kernel` computes the Linear layer's `y = x W^T (+ b)` for `x` of shape (tokens, in) and
 W stored as BSR. **One Triton program owns one block-row of W (bs output features) and a tile of 64-256
 tokens**; it walks that block-row's stored blocks, loads the matching `bs`-wide column slab of `x`, and
 accumulates `x_slab @ block^T` in float32 on the tensor cores. An empty block-row runs no iteration and writes
@@ -68,7 +68,7 @@ sizes are autotuned per problem. fp16, bf16 and fp32 (TF32) inputs are accepted;
 blocks are zero-padded.
 
 Here it runs on a small problem and is compared with a float64 dense product (on a CPU, in the interpreter)."""),
-    code("""from sparsity_lab.kernels.bsr_matmul import bsr_linear
+    code("""from sparsity_lab.block.kernel import bsr_linear
 
 device = "cuda" if GPU else "cpu"
 bs, n_out, n_in, tokens = 16, 96, 80, 40
@@ -96,7 +96,7 @@ rows, label = recorded.figures["heatmap"], recorded.label
 if GPU:
     import time
 
-    from sparsity_lab.bench.block_sparse import heatmap
+    from sparsity_lab.block.bench import heatmap
 
     # A small live rerun; the first call of each block size autotunes both kernel variants (about a minute).
     rows = heatmap(4096, [64, 128], [0.5, 0.9], torch.float16, budget_s=600, started=time.time())
@@ -180,9 +180,9 @@ the top-scoring blocks, and the backward pass treats that hard top-k as the iden
 estimator), so scores and weights train together, as in PyTorch's superblock supermasks
 (`block_pruning.learn_block_masks`). Below, a trained digits MLP has its two hidden Linear layers pruned to the
 same sparsity with blocks from 1 x 1 (unstructured) to 32 x 32, then fine-tuned for the same few epochs."""),
-    code("""from sparsity_lab.block_pruning import accuracy_vs_block_size
-from sparsity_lab.data import load_digits
-from sparsity_lab.train import evaluate, trained_mlp
+    code("""from sparsity_lab.block.pruning import accuracy_vs_block_size
+from sparsity_lab.course.data import load_digits
+from sparsity_lab.course.train import evaluate, trained_mlp
 
 data = load_digits()
 mlp = trained_mlp(seed=0, epochs=20, hidden=128, progress=False)
@@ -198,7 +198,7 @@ block_plots.accuracy_vs_block_size(acc_rows,
 part of it back at the larger block sizes, where a norm is a poor guide. Put together with the heatmap above, this
 is the trade-off of block sparsity: the speed comes from large blocks and high sparsity, the accuracy from small
 blocks and low sparsity. Try it: pick a block size and a sparsity and watch the mask and the one-shot accuracy."""),
-    code("""from sparsity_lab.widgets.block import block_pruning_explorer
+    code("""from sparsity_lab.block.widgets import block_pruning_explorer
 
 block_pruning_explorer(mlp, data, layer="net.3")"""),
     md("""## Exercise

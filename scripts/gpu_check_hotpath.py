@@ -1,4 +1,4 @@
-"""One GPU call: the eager hot path of our cuSPARSELt binding and SparseLinear against CUDA-graph replay (host cost
+"""One GPU call: the eager hot path of our cuSPARSELt binding and Semi24Linear against CUDA-graph replay (host cost
 broken down), GraphedCall for decode, then the int8 2:4 benchmark through our binding and the GPU tests.
 Writes hotpath.json / hotpath.log (and quant_sparse_gpu.json, quant.log, pytest.log) under $OUT.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sparsity_lab.bench import _timing
+from sparsity_lab import timing as _timing
 from sparsity_lab.checks import relative_error as relerr
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
@@ -62,7 +62,7 @@ def host_us(fn, calls=2000):
 
 @section("environment")
 def _env():
-    from sparsity_lab import cusparselt
+    from sparsity_lab.semi24 import cusparselt
 
     cusparselt.load_library()
     return {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "cusparselt": cusparselt.version(),
@@ -71,9 +71,9 @@ def _env():
 
 @section("correctness")
 def _correct():
-    from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.semi24_matmul import prune24
-    from sparsity_lab.sparse_linear import GraphedCall, SparseLinear
+    from sparsity_lab.semi24.cusparselt import Semi24Weight
+    from sparsity_lab.semi24.matmul import prune24
+    from sparsity_lab.semi24.layer import GraphedCall, Semi24Linear
 
     out = {}
     for dtype in (torch.float16, torch.bfloat16):
@@ -96,7 +96,7 @@ def _correct():
     xi = torch.randint(-100, 100, (64, 256), device="cuda", dtype=torch.int8)
     yi = Semi24Weight.from_dense(wi).linear(xi, out_dtype=torch.int32)
     out["int8_exact"] = bool(torch.equal(yi.long().cpu(), xi.long().cpu() @ wi.long().cpu().t()))
-    layer = SparseLinear(torch.randn(1024, 512, device="cuda", dtype=torch.float16),
+    layer = Semi24Linear(torch.randn(1024, 512, device="cuda", dtype=torch.float16),
                          torch.randn(1024, device="cuda", dtype=torch.float16), dispatcher=None)
     x = torch.randn(2, 8, 512, device="cuda", dtype=torch.float16)
     ref = F.linear(x.double(), layer.weight.double(), layer.bias.double())
@@ -110,10 +110,10 @@ def _correct():
 
 
 def shape_row(m, k, n, dtype=torch.float16):
-    from sparsity_lab import cusparselt as c
-    from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.semi24_matmul import prune24
-    from sparsity_lab.sparse_linear import SparseLinear
+    from sparsity_lab.semi24 import cusparselt as c
+    from sparsity_lab.semi24.cusparselt import Semi24Weight
+    from sparsity_lab.semi24.matmul import prune24
+    from sparsity_lab.semi24.layer import Semi24Linear
 
     w = prune24(torch.randn(n, k, device="cuda", dtype=dtype))
     x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -129,7 +129,7 @@ def shape_row(m, k, n, dtype=torch.float16):
         call.fn(call.handle, call.plan, call.alpha_ref, call.weight, xp, call.beta_ref, op, op, call.workspace,
                 call.streams, 1)
 
-    layer = SparseLinear(w, None, dispatcher=None, prune=False)
+    layer = Semi24Linear(w, None, dispatcher=None, prune=False)
     layer(x)
     row = {"M": m, "K": k, "N": n, "dtype": str(dtype).removeprefix("torch.")}
     fns = {"ours": lambda: ws.linear(x), "raw_ctypes": raw, "sparse_linear": lambda: layer(x),
@@ -167,7 +167,7 @@ def _hot():
 def _decode():
     """A Llama-like MLP block stack (4 blocks, 4096 <-> 14336), M = 16 tokens: eager vs capture() replay, ours vs
     dense, dispatcher on."""
-    from sparsity_lab.sparse_linear import Dispatcher, capture, swap_linears
+    from sparsity_lab.semi24.layer import Dispatcher, capture, swap_linears
 
     torch.manual_seed(0)
 
@@ -203,7 +203,7 @@ def _decode():
 
 @section("quant_bench")
 def _quant():
-    cmd = [sys.executable, "-c", "import sys; from sparsity_lab.bench.quant_sparse import main; "
+    cmd = [sys.executable, "-c", "import sys; from sparsity_lab.quant.bench import main; "
            "sys.exit(main(sys.argv[1:]))", "--out", str(OUT / "quant_sparse_gpu.json")]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=165)

@@ -1,4 +1,4 @@
-"""One GPU call: check every 2:4 piece (binding, layouts, int8, bias, graphs, compressor, SparseLinear) and time
+"""One GPU call: check every 2:4 piece (binding, layouts, int8, bias, graphs, compressor, Semi24Linear) and time
 them, then run the benchmarks. Writes check.json / check.log (and the results files) under $OUT.
 
     python scripts/gpu_check_semi24.py [--full] [--structure]
@@ -49,7 +49,7 @@ def section(name: str):
 
 @section("environment")
 def _env():
-    from sparsity_lab import cusparselt
+    from sparsity_lab.semi24 import cusparselt
 
     cands = [str(p) for p in cusparselt.library_candidates()]
     cusparselt.load_library()
@@ -65,7 +65,7 @@ def _diagnose():
     import math
     import subprocess
 
-    from sparsity_lab import cusparselt
+    from sparsity_lab.semi24 import cusparselt
 
     shapes = ["16,4096,4096", "4096,4096,4096", "8192,8192,8192"]
     # call 3 showed: D-col and sparse-B are slow or crash for some algorithm ids; D-row is the fast layout
@@ -104,8 +104,8 @@ def _diagnose():
 
 @section("bias_graph_int8")
 def _bias_graph_int8():
-    from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.semi24 import sparsify
+    from sparsity_lab.semi24.cusparselt import Semi24Weight
+    from sparsity_lab.semi24.layout import sparsify
 
     out = {}
     x = torch.randn(256, 1024, device="cuda", dtype=torch.float16)
@@ -148,7 +148,7 @@ def _bias_graph_int8():
 def _sparse_linear():
     from torch import nn
 
-    from sparsity_lab.sparse_linear import Dispatcher, swap_linears
+    from sparsity_lab.semi24.layer import Dispatcher, swap_linears
 
     model = nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 1024), nn.Linear(1024, 10)).cuda().half()
     x = torch.randn(8, 64, 1024, device="cuda", dtype=torch.float16)
@@ -164,10 +164,10 @@ def _sparse_linear():
     out = {"report": report, "relerr": relerr(y, dense_forward(x).float()),
            "reasons": [getattr(layer, "last_reason", None) for layer in model], "decisions": d.table()}
     for backend in ("torch_cslt",):
-        from sparsity_lab.sparse_linear import SparseLinear
+        from sparsity_lab.semi24.layer import Semi24Linear
 
         lin = nn.Linear(4096, 4096).cuda().half()
-        sl = SparseLinear.from_linear(lin, backend=backend, dispatcher=None)
+        sl = Semi24Linear.from_linear(lin, backend=backend, dispatcher=None)
         xx = torch.randn(128, 4096, device="cuda", dtype=torch.float16)
         out[f"{backend}_relerr"] = relerr(sl(xx), F.linear(xx, sl.weight, sl.bias).float())
     log(out)
@@ -176,7 +176,7 @@ def _sparse_linear():
 
 @section("paths")
 def _paths():
-    from sparsity_lab.semi24_matmul import PATHS, check_path, unavailable_reason
+    from sparsity_lab.semi24.matmul import PATHS, check_path, unavailable_reason
 
     w = torch.randn(1024, 2048, device="cuda", dtype=torch.float16)
     x = torch.randn(512, 2048, device="cuda", dtype=torch.float16)
@@ -194,8 +194,8 @@ if __name__ == "__main__":
     if "--structure" in sys.argv or full:
         @section("gpu_structure")
         def _structure():
-            from sparsity_lab.bench import gpu_structure
-            from sparsity_lab.results import save_results
+            from sparsity_lab.gpu import bench as gpu_structure
+            from sparsity_lab.course.results import save_results
 
             figures = gpu_structure.run(log=log)
             save_results("gpu_structure", figures, OUT / "gpu_structure.json")
@@ -203,8 +203,8 @@ if __name__ == "__main__":
 
     @section("bench")
     def _bench():
-        from sparsity_lab.bench import semi24
-        from sparsity_lab.results import save_results
+        from sparsity_lab.semi24 import bench as semi24
+        from sparsity_lab.course.results import save_results
 
         figures = semi24.run(quick=not full, dtypes=(torch.float16, torch.bfloat16) if full else (torch.float16,),
                              log=log, partial=OUT / "semi24_gpu.json")

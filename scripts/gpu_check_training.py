@@ -31,10 +31,10 @@ def probe() -> dict:
     import torch
     import torch.nn.functional as F
 
-    from sparsity_lab import cusparselt
-    from sparsity_lab.bench._timing import loop_ms
+    from sparsity_lab.semi24 import cusparselt
+    from sparsity_lab.timing import loop_ms
     from sparsity_lab.checks import relative_error
-    from sparsity_lab.semi24_matmul import prune24
+    from sparsity_lab.semi24.matmul import prune24
 
     report = {}
     for search in (False, True):
@@ -68,7 +68,7 @@ def profile() -> None:
     "dynamic" blocks (fp16, 8192 tokens): where the time goes, kernel by kernel, and the host's share."""
     import torch
 
-    from sparsity_lab.bench.sparse_training import _blocks, _step
+    from sparsity_lab.training.bench import _blocks, _step
 
     blocks = _blocks(1024, 4096, torch.float16, torch.device("cuda"))
     x = torch.randn(8192, 1024, device="cuda", dtype=torch.float16, requires_grad=True)
@@ -123,8 +123,8 @@ def main() -> None:
     search_ok = column_major_ok and all(
         v["err"] < 2e-2 for k, v in json.loads((OUT / "probe.json").read_text()).items() if "search=True" in k)
     log("column-major x usable:", column_major_ok, "searchable:", search_ok)
-    setup = ("import sys, sparsity_lab.cusparselt as c; c.COLUMN_MAJOR_X = {col}; c.SEARCH_COLUMN_MAJOR_X = {srch}; "
-             "from sparsity_lab.bench.sparse_training import main; sys.exit(main(sys.argv[1:]))")
+    setup = ("import sys, sparsity_lab.semi24.cusparselt as c; c.COLUMN_MAJOR_X = {col}; c.SEARCH_COLUMN_MAJOR_X = {srch}; "
+             "from sparsity_lab.training.bench import main; sys.exit(main(sys.argv[1:]))")
     summary["bench"] = run([sys.executable, "-c", setup.format(col=column_major_ok, srch=search_ok),
                             "--out", str(OUT / "sparse_training_gpu.json")], "bench", 200)
     if column_major_ok:

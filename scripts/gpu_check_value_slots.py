@@ -40,9 +40,9 @@ def save() -> None:
 def value_slots_probe() -> dict:
     import torch
 
-    from sparsity_lab.bench._timing import loop_ms
-    from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.sparse_training import _masked, transposable_mask
+    from sparsity_lab.timing import loop_ms
+    from sparsity_lab.semi24.cusparselt import Semi24Weight
+    from sparsity_lab.training.masks import _masked, transposable_mask
 
     rows = {}
     for dtype in (torch.float16, torch.bfloat16):
@@ -96,10 +96,10 @@ def bsr_cluster_probe() -> dict:
     from torch.nn import functional as F
     from triton.testing import do_bench
 
-    from sparsity_lab.bench.block_sparse import random_block_sparse
-    from sparsity_lab.block_sparse import BlockSparseMatrix
+    from sparsity_lab.block.bench import random_block_sparse
+    from sparsity_lab.block.layer import BlockSparseMatrix
     from sparsity_lab.checks import relative_error
-    from sparsity_lab.kernels import bsr_matmul as K
+    from sparsity_lab.block import kernel as K
 
     size, out = 8192, {}
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -152,8 +152,8 @@ def slots_diagnosis() -> dict:
     import torch
 
     from sparsity_lab.checks import relative_error
-    from sparsity_lab.cusparselt import Semi24Weight
-    from sparsity_lab.sparse_training import _masked, transposable_mask
+    from sparsity_lab.semi24.cusparselt import Semi24Weight
+    from sparsity_lab.training.masks import _masked, transposable_mask
 
     rows = {}
     for dtype in (torch.float16, torch.bfloat16):
@@ -204,8 +204,8 @@ def profile_fixed() -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from gpu_check_training import print_profile
 
-    from sparsity_lab.bench._timing import loop_ms
-    from sparsity_lab.bench.sparse_training import _blocks, _step
+    from sparsity_lab.timing import loop_ms
+    from sparsity_lab.training.bench import _blocks, _step
 
     blocks = _blocks(1024, 4096, torch.float16, torch.device("cuda"))
     x = torch.randn(8192, 1024, device="cuda", dtype=torch.float16, requires_grad=True)

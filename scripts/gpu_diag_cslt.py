@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from sparsity_lab import cusparselt
+from sparsity_lab.semi24 import cusparselt
 from sparsity_lab.checks import relative_error as relerr
-from sparsity_lab.semi24 import sparsify
+from sparsity_lab.semi24.layout import sparsify
 
 search, layout, dtype_name = sys.argv[1:4]
 with_torch = "--torch" in sys.argv

@@ -18,7 +18,7 @@ def require(module: str, extra: str = "course") -> ModuleType:
 
 
 def triton_available() -> bool:
-    """Whether Triton can be imported (the optional dependency of every kernel in `sparsity_lab.kernels`)."""
+    """Whether Triton can be imported (the optional dependency of every Triton kernel in the package)."""
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -8,15 +8,16 @@ import math
 import pytest
 import torch
 
-from sparsity_lab.bench import available, formats_cpu
-from sparsity_lab.cli import main as cli
-from sparsity_lab.results import load_results
+from sparsity_lab.course.cli import BENCHMARKS
+from sparsity_lab.course.cli import main as cli
+from sparsity_lab.course.results import load_results
+from sparsity_lab.formats import bench as formats_cpu
 
 SPARSE_METHODS = [m for m in formats_cpu.LABELS if m != "dense"]
 
 
 def test_the_benchmark_is_registered():
-    assert "formats_cpu" in available()
+    assert "formats_cpu" in BENCHMARKS
 
 
 def test_a_tiny_run_writes_a_valid_results_file(tmp_path, capsys):

@@ -8,13 +8,16 @@ import math
 import pytest
 import torch
 
-from sparsity_lab.bench import available, gpu_structure, semi24
-from sparsity_lab.plots import gpu as plots
-from sparsity_lab.results import load_results
+from sparsity_lab.course.cli import BENCHMARKS
+from sparsity_lab.course.results import load_results
+from sparsity_lab.gpu import bench as gpu_structure
+from sparsity_lab.gpu import plots as gpu_plots
+from sparsity_lab.semi24 import bench as semi24
+from sparsity_lab.semi24 import plots
 
 
 def test_benchmarks_are_registered():
-    assert {"semi24", "gpu_structure"} <= set(available())
+    assert {"semi24", "gpu_structure"} <= set(BENCHMARKS)
 
 
 def test_shapes_cover_decode_to_prefill_against_llama_mlp_sizes_and_the_cubes():
@@ -96,5 +99,5 @@ def test_plots_draw_the_recorded_numbers(recorded):
     assert len(plots.eager_vs_graph(rows).data) >= 2
     bars = plots.compressor_times(recorded.figures["compressors"]).data[0]
     assert "ours: Triton prune + compress" in bars.y
-    structure = plots.structure_speedups(load_results("gpu_structure").figures)
+    structure = gpu_plots.structure_speedups(load_results("gpu_structure").figures)
     assert {t.name for t in structure.data} >= {"row pruning (smaller dense matmul)", "unstructured (CSR SpMM)"}

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from sparsity_lab.bench import sparse_training as bench
+from sparsity_lab.training import bench
 
 
 def test_cpu_run_writes_checked_rows_for_every_variant(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity_lab import block_pruning as bp
-from sparsity_lab.data import load_digits
-from sparsity_lab.models import DigitsMLP
-from sparsity_lab.prune import make_permanent
-from sparsity_lab.train import fit
+from sparsity_lab.block import pruning as bp
+from sparsity_lab.course.data import load_digits
+from sparsity_lab.course.models import DigitsMLP
+from sparsity_lab.course.train import fit
+from sparsity_lab.pruning.prune import make_permanent
 
 
 def blocks_all_or_nothing(mask: torch.Tensor, bs: int) -> bool:
@@ -85,7 +85,7 @@ def test_learn_block_masks_reaches_the_sparsity_and_beats_chance():
     model = DigitsMLP(hidden=32)
     fit(model, data, epochs=5, lr=1e-2, progress=False)
     bp.learn_block_masks(model, data, 8, 0.5, epochs=2, lr=1e-2)
-    from sparsity_lab.train import evaluate
+    from sparsity_lab.course.train import evaluate
 
     assert evaluate(model, data.x_test, data.y_test)[1] > 0.8
     assert float((model.net[1].weight == 0).float().mean()) >= 0.5
@@ -106,7 +106,7 @@ def test_accuracy_vs_block_size_rows():
 
 
 def test_accuracy_plot_carries_the_rows():
-    from sparsity_lab.plots import block as plots
+    from sparsity_lab.block import plots
 
     rows = [dict(method="l2", block_size=bs, accuracy=0.5, finetuned_accuracy=0.9 - bs / 100) for bs in (1, 4, 16)]
     fig = plots.accuracy_vs_block_size(rows)
@@ -116,7 +116,7 @@ def test_accuracy_plot_carries_the_rows():
 
 
 def test_explorer_reacts_to_its_controls():
-    from sparsity_lab.widgets.block import block_pruning_explorer
+    from sparsity_lab.block.widgets import block_pruning_explorer
 
     torch.manual_seed(0)
     data = load_digits()

@@ -8,13 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsity_lab.block_sparse import (
+from sparsity_lab.block.layer import (
     BlockSparseLinear,
     BlockSparseMatrix,
     Dispatcher,
     block_view,
-    swap_block_sparse,
 )
+from sparsity_lab.sparsify import BlockSparseConfig, sparsify_
 
 
 def block_sparse_weight(rows: int, cols: int, bs: int, density: float, seed: int = 0) -> torch.Tensor:
@@ -122,8 +122,9 @@ def test_swap_replaces_only_block_sparse_layers_and_keeps_outputs():
     x = torch.randn(7, 32)
     with torch.no_grad():
         before = model(x)
-    swapped = swap_block_sparse(model, 16, max_density=0.7)
-    assert swapped == ["2"], "only the block-sparse middle layer qualifies (dense first, 10 outputs last)"
+    report = sparsify_(model, BlockSparseConfig(16, max_density=0.7))
+    assert report.changed == ["2"], "only the block-sparse middle layer qualifies (dense first, 10 outputs last)"
+    assert "above max_density" in report["0"].what and "not a multiple of block 16" in report["4"].what
     assert isinstance(model[2], BlockSparseLinear)
     with torch.no_grad():
         assert torch.allclose(model(x), before, atol=1e-5)
@@ -144,8 +145,8 @@ def test_dispatcher_picks_a_backend_and_outputs_agree_on_gpu():
 
 
 def test_heatmap_plot_and_curves_from_recorded_results():
-    from sparsity_lab.plots import block as plots
-    from sparsity_lab.results import load_results
+    from sparsity_lab.block import plots
+    from sparsity_lab.course.results import load_results
 
     rows = load_results("block_sparse_gpu").figures["heatmap"]
     fig = plots.speedup_heatmap(rows)
@@ -160,7 +161,7 @@ def test_heatmap_plot_and_curves_from_recorded_results():
 
 def test_recorded_results_hold_checked_numbers():
     """The shipped GPU file: every correctness case passed, every cell agrees with its reference."""
-    from sparsity_lab.results import load_results
+    from sparsity_lab.course.results import load_results
 
     res = load_results("block_sparse_gpu")
     figures = res.figures

@@ -19,8 +19,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from sparsity_lab.block_sparse import BlockSparseMatrix  # noqa: E402
-from sparsity_lab.kernels import bsr_matmul  # noqa: E402
+from sparsity_lab.block import kernel as bsr_matmul  # noqa: E402
+from sparsity_lab.block.layer import BlockSparseMatrix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ CASES = [
 CHECKER = r"""
 import json, sys
 import torch
-from sparsity_lab.block_sparse import BlockSparseMatrix
-from sparsity_lab.kernels import bsr_matmul
+from sparsity_lab.block.layer import BlockSparseMatrix
+from sparsity_lab.block import kernel as bsr_matmul
 
 results = {}
 for name, variant, dtype, bs, m, n, k, per_step, has_bias, density, empty in json.loads(sys.argv[1]):

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from sparsity_lab import cusparselt as cslt
+from sparsity_lab.semi24 import cusparselt as cslt
 
 
 def test_linear_layout_reads_x_and_writes_y_without_copies():
@@ -109,7 +109,7 @@ def test_opaque_buffers_are_16_byte_aligned():
 
 # ------------------------------------------------------------------------------------------------------------ GPU
 def _pruned(n, k, dtype):
-    from sparsity_lab.semi24 import sparsify
+    from sparsity_lab.semi24.layout import sparsify
 
     if dtype == torch.int8:
         return sparsify(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8))

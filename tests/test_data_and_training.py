@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from sparsity_lab.data import load_digits
-from sparsity_lab.models import DigitsCNN, DigitsMLP
-from sparsity_lab.train import evaluate, fit, trained_mlp
+from sparsity_lab.course.data import load_digits
+from sparsity_lab.course.models import DigitsCNN, DigitsMLP
+from sparsity_lab.course.train import evaluate, fit, trained_mlp
 
 
 def test_split_is_fixed_stratified_and_scaled():

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from sparsity_lab import cli, doctor
+from sparsity_lab.course import cli, doctor
 
 
 def test_diagnosis_on_this_machine_is_consistent():

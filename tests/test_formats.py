@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsity_lab.formats import (
+from sparsity_lab.formats.matrices import (
     BSR,
     COO,
     CSR,
@@ -268,7 +268,7 @@ def test_matmul_matches_scipy(name, case):
 
 
 def test_matmul_chunks_over_nnz_without_changing_the_result(monkeypatch):
-    import sparsity_lab.formats as formats
+    import sparsity_lab.formats.matrices as formats
 
     dense = random_sparse((12, 10), 0.5, seed=3, dtype=torch.float64, blocksize=(2, 2))
     x = torch.randn(10, 3, dtype=torch.float64)

@@ -4,8 +4,8 @@ import subprocess
 
 import pytest
 
-from sparsity_lab.cli import find_course_root
-from sparsity_lab.grading import format_report, grader_files, run_graders
+from sparsity_lab.course.cli import find_course_root
+from sparsity_lab.course.grading import format_report, grader_files, run_graders
 
 ROOT = find_course_root()
 EXERCISES = sorted({f.stem.removeprefix("test_") for f in grader_files(ROOT)})

@@ -1,4 +1,4 @@
-"""The Triton quantize / rescale kernels against the eager PyTorch arithmetic of `sparsity_lab.quantization`.
+"""The Triton quantize / rescale kernels against the eager PyTorch arithmetic of `sparsity_lab.quant.int8`.
 
 On the CPU the kernels run in Triton's interpreter. TRITON_INTERPRET must be set before a kernel is decorated and
 other test modules may import Triton kernels first, so the interpreter checks run in one subprocess started with
@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = r'''
 import json
 import torch
-from sparsity_lab import quantization as q
-from sparsity_lab import quant_sparse as qs
-from sparsity_lab.kernels import int8_quant as k
+from sparsity_lab.quant import int8 as q
+from sparsity_lab.quant import layers as qs
+from sparsity_lab.quant import kernels as k
 
 results = {}
 
@@ -66,8 +66,8 @@ lin = torch.nn.Linear(64, 40)
 x = torch.randn(3, 11, 64)
 check("Int8Linear fused", lambda: torch.allclose(qs.Int8Linear.from_linear(lin, fused=True)(x),
                                                  qs.Int8Linear.from_linear(lin)(x), rtol=1e-5, atol=1e-5))
-check("Int8SparseLinear fused", lambda: torch.allclose(qs.Int8SparseLinear.from_linear(lin, fused=True)(x),
-                                                       qs.Int8SparseLinear.from_linear(lin)(x), rtol=1e-5, atol=1e-5))
+check("Int8Semi24Linear fused", lambda: torch.allclose(qs.Int8Semi24Linear.from_linear(lin, fused=True)(x),
+                                                       qs.Int8Semi24Linear.from_linear(lin)(x), rtol=1e-5, atol=1e-5))
 print("RESULTS" + json.dumps(results))
 '''
 
@@ -90,8 +90,8 @@ def test_interpreter_checks_all_pass(interpreted):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_compiled_kernels_match_the_eager_arithmetic(dtype):
-    from sparsity_lab import quantization as q
-    from sparsity_lab.kernels import int8_quant as k
+    from sparsity_lab.quant import int8 as q
+    from sparsity_lab.quant import kernels as k
 
     x = (torch.randn(257, 5000, device="cuda") * 3).to(dtype)
     x[1] = 0

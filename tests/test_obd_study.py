@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity_lab import obd_study
-from sparsity_lab.data import load_digits
-from sparsity_lab.saliency import saliency
+from sparsity_lab.course.data import load_digits
+from sparsity_lab.pruning import obd_study
+from sparsity_lab.pruning.saliency import saliency
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_lbfgs_drives_the_squared_error_down_and_keeps_masks(setting):
     assert history[-1] < 0.1 * history[0]
     masked = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).double()
     masked.load_state_dict(model.state_dict())
-    from sparsity_lab.prune import prune_by_magnitude
+    from sparsity_lab.pruning.prune import prune_by_magnitude
 
     prune_by_magnitude(masked, 0.5)
     obd_study.train_lbfgs(masked, x, y, steps=20)

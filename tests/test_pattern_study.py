@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from sparsity_lab import pattern_study as study
-from sparsity_lab.patterns import is_block, is_nm, pattern_masks
-from sparsity_lab.results import load_results
-from sparsity_lab.train import trained_mlp
+from sparsity_lab.course.results import load_results
+from sparsity_lab.course.train import trained_mlp
+from sparsity_lab.patterns import study
+from sparsity_lab.patterns.masks import is_block, is_nm, pattern_masks
 
 TINY = study.StudyConfig(seeds=(0, 1), hidden=32, train_epochs=3, finetune_epochs=1)
 
@@ -111,7 +111,7 @@ def test_families_and_points():
 
 
 def test_the_benchmark_writes_a_results_file(tmp_path):
-    from sparsity_lab.bench import pattern_study as bench
+    from sparsity_lab.patterns import bench
 
     out = tmp_path / "ps.json"
     threads = torch.get_num_threads()

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsity_lab.models import DigitsMLP
-from sparsity_lab.patterns import (
+from sparsity_lab.course.models import DigitsMLP
+from sparsity_lab.patterns.masks import (
     Pattern,
     block_mask,
     column_mask,
@@ -20,7 +20,7 @@ from sparsity_lab.patterns import (
     row_mask,
     unstructured_mask,
 )
-from sparsity_lab.prune import sparsity_of
+from sparsity_lab.pruning.prune import sparsity_of
 
 sparsities = st.floats(min_value=0.0, max_value=0.99, allow_nan=False)
 

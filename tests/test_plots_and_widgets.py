@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsity_lab.plots import pruning as plots
+from sparsity_lab.pruning import plots
 
 ROWS = [
     {"sparsity": 0.0, "accuracy": 0.97, "finetuned_accuracy": 0.97},
@@ -26,9 +26,9 @@ def test_mask_heatmap_shows_kept_entries_as_ones():
 
 
 def test_explorer_updates_with_the_slider():
-    from sparsity_lab.data import load_digits
-    from sparsity_lab.train import trained_mlp
-    from sparsity_lab.widgets.pruning import magnitude_pruning_explorer
+    from sparsity_lab.course.data import load_digits
+    from sparsity_lab.course.train import trained_mlp
+    from sparsity_lab.pruning.widgets import magnitude_pruning_explorer
 
     model = trained_mlp(seed=0, epochs=3, hidden=32, progress=False)
     box = magnitude_pruning_explorer(model, load_digits(), ROWS, layer="net.1")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sparsity_lab.formats import BSR, COO, CSR, random_sparse, storage_sweep
-from sparsity_lab.plots import formats as plots
+from sparsity_lab.formats import plots
+from sparsity_lab.formats.matrices import BSR, COO, CSR, random_sparse, storage_sweep
 
 MATRIX = torch.tensor([[1.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0]])
 
@@ -74,7 +74,7 @@ def test_crossover_chart_marks_where_each_method_beats_dense():
 
 
 def test_crossover_chart_draws_the_recorded_benchmark():
-    from sparsity_lab.results import load_results
+    from sparsity_lab.course.results import load_results
 
     recorded = load_results("formats_cpu")
     figures = recorded.figures
@@ -85,7 +85,7 @@ def test_crossover_chart_draws_the_recorded_benchmark():
 
 
 def test_explorer_redraws_from_its_controls():
-    from sparsity_lab.widgets.formats import build_formats, format_explorer
+    from sparsity_lab.formats.widgets import build_formats, format_explorer
 
     box = format_explorer(shape=(8, 8), sparsity=0.5)
     (sparsity, seed), (blocksize, pattern), (dtype, index_dtype) = (row.children for row in box.children[:3])

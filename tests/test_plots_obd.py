@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsity_lab.plots import obd as plots
+from sparsity_lab.pruning import obd_plots as plots
 
 ROWS = [{"deleted": 0, "loss": 1e-3, "predicted": 1e-3, "taylor": 1e-3, "retrained_loss": 1e-3, "sparsity": 0.0},
         {"deleted": 10, "loss": 1e-1, "predicted": 2e-3, "taylor": 3e-3, "retrained_loss": 1e-2, "sparsity": 0.5}]
@@ -44,9 +44,9 @@ def test_layer_masks_one_heatmap_per_layer_titled_with_sparsity():
 
 
 def test_saliency_explorer_reacts_to_method_and_sparsity():
-    from sparsity_lab.data import load_digits
-    from sparsity_lab.train import trained_mlp
-    from sparsity_lab.widgets.obd import saliency_explorer
+    from sparsity_lab.course.data import load_digits
+    from sparsity_lab.course.train import trained_mlp
+    from sparsity_lab.pruning.obd_widgets import saliency_explorer
 
     model = trained_mlp(seed=0, epochs=2, hidden=16, progress=False)
     box = saliency_explorer(model, load_digits(), methods=("magnitude", "obd-ggn"))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sparsity_lab.patterns import nm_mask, row_mask
-from sparsity_lab.plots import patterns as plots
+from sparsity_lab.patterns import plots
+from sparsity_lab.patterns.masks import nm_mask, row_mask
 
 SUMMARY = [
     {"pattern": p, "family": f, "sparsity": s, "achieved_sparsity": s, "n_seeds": 3,
@@ -61,9 +61,9 @@ def test_paired_differences_mark_what_separates():
 
 
 def test_explorer_redraws_every_pattern_from_the_slider():
-    from sparsity_lab.data import load_digits
-    from sparsity_lab.train import trained_mlp
-    from sparsity_lab.widgets.patterns import pattern_explorer, resolve
+    from sparsity_lab.course.data import load_digits
+    from sparsity_lab.course.train import trained_mlp
+    from sparsity_lab.patterns.widgets import pattern_explorer, resolve
 
     assert resolve("N:8", 0.75) == "2:8" and resolve("N:4", 0.0) == "3:4" and resolve("row", 0.5) == "row"
     model = trained_mlp(seed=0, epochs=2, hidden=32, progress=False)

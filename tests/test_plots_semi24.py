@@ -2,8 +2,8 @@
 
 import torch
 
-from sparsity_lab import semi24
-from sparsity_lab.plots import semi24 as plots
+from sparsity_lab.semi24 import layout as semi24
+from sparsity_lab.semi24 import plots
 
 
 def test_groups_heatmap_shows_mask_values_and_group_borders():
@@ -56,7 +56,7 @@ def test_memory_bars_stack_metadata_on_values():
 
 
 def test_explorer_follows_dtype_and_seed():
-    from sparsity_lab.widgets.semi24 import compressor_explorer
+    from sparsity_lab.semi24.widgets import compressor_explorer
 
     box = compressor_explorer(seed=0, show_rows=4)
     (dtype_box, seed_box), status, groups, simple, cutlass = box.children[0].children, *box.children[1:]

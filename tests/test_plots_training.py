@@ -4,8 +4,8 @@ its controls."""
 import pytest
 import torch
 
-from sparsity_lab.plots import training as plots
-from sparsity_lab.sparse_training import transposable_mask
+from sparsity_lab.training import plots
+from sparsity_lab.training.masks import transposable_mask
 
 
 def _run(recipe, seed, accuracy, loss, one_shot=None):
@@ -150,7 +150,7 @@ def test_step_breakdown_leaves_out_the_parts_asked_for():
 
 
 def test_mask_explorer_follows_its_controls():
-    from sparsity_lab.widgets.training import mask_explorer
+    from sparsity_lab.training.widgets import mask_explorer
 
     box = mask_explorer(rows=8, cols=8, seed=0)
     (rows_box, cols_box, seed_box), kind_box, status, figure = box.children[0].children, *box.children[1:]

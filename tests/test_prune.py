@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity_lab import prune
+from sparsity_lab.pruning import prune
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.9, 0.999])

@@ -1,15 +1,17 @@
 """int8 + 2:4: masks, layers, the backend seam, the model swap, the accuracy table, and the benchmark's CPU side."""
 
+import copy
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from sparsity_lab import quant_sparse as qs
-from sparsity_lab.bench import quant_sparse as bench
-from sparsity_lab.quantization import int8_matmul_reference, quantize_per_channel
-from sparsity_lab.results import load_results
+from sparsity_lab.course.results import load_results
+from sparsity_lab.quant import bench
+from sparsity_lab.quant import layers as qs
+from sparsity_lab.quant.int8 import int8_matmul_reference, quantize_per_channel
+from sparsity_lab.sparsify import Int8Config, PruneConfig, sparsify_
 
 
 def test_mask_keeps_the_two_largest_of_every_group_of_four():
@@ -58,7 +60,7 @@ def test_int8_linear_matches_the_float_layer_within_quantization_error():
 
 def test_int8_sparse_linear_is_int8_of_the_pruned_weight():
     lin = _linear(seed=1)
-    sparse = qs.Int8SparseLinear.from_linear(lin)
+    sparse = qs.Int8Semi24Linear.from_linear(lin)
     qs.check_2of4(sparse.weight_q)
     assert float((sparse.weight_q == 0).float().mean()) >= 0.5
     pruned = _linear(seed=1)
@@ -68,27 +70,26 @@ def test_int8_sparse_linear_is_int8_of_the_pruned_weight():
     x = torch.randn(3, 5, 32)
     assert torch.equal(sparse(x), dense(x))
     with pytest.raises(ValueError, match="not 2:4"):
-        qs.Int8SparseLinear.from_linear(lin, prune=False)
+        qs.Int8Semi24Linear.from_linear(lin, prune=False)
 
 
-def test_quantize_linears_swaps_every_linear_and_leaves_the_original_alone():
+def test_int8_config_swaps_every_linear_and_says_which_stay_dense():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 6), nn.Linear(6, 3)))
-    swapped = qs.quantize_linears(model, sparse=True)
-    kinds = [type(m).__name__ for m in swapped.modules() if isinstance(m, qs.Int8Linear)]
-    assert kinds == ["Int8SparseLinear", "Int8SparseLinear", "Int8Linear"]  # in_features 6 stays dense
-    assert isinstance(model[0], nn.Linear)
     x = torch.randn(4, 8)
-    assert swapped(x).shape == (4, 3)
-    same = qs.quantize_linears(model, inplace=True)
-    assert same is model and isinstance(model[0], qs.Int8Linear)
+    report = sparsify_(model, Int8Config(sparse=True))
+    kinds = [type(m).__name__ for m in model.modules() if isinstance(m, qs.Int8Linear)]
+    assert kinds == ["Int8Semi24Linear", "Int8Semi24Linear", "Int8Linear"]  # in_features 6 stays dense
+    assert "not a multiple of 4" in report["2.1"].what and report.changed == ["0", "2.0", "2.1"]
+    assert model(x).shape == (4, 3)
 
 
-def test_prune_2of4_masks_linears_for_fine_tuning():
+def test_2of4_masks_for_fine_tuning_then_int8_without_pruning_again():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 6), nn.Linear(6, 3))
-    assert qs.prune_2of4(model) == ["0", "2"]
+    report = sparsify_(model, PruneConfig(pattern="2:4"), filter_fn=lambda m, fqn: m.in_features % 4 == 0)
+    assert report.changed == ["0", "2"]
     qs.check_2of4(model[0].weight.detach())
-    swapped = qs.quantize_linears(model, sparse=True, prune=False)
-    assert isinstance(swapped[2], qs.Int8SparseLinear)
+    sparsify_(model, Int8Config(sparse=True, prune=False))
+    assert isinstance(model[2], qs.Int8Semi24Linear)
 
 
 def test_backend_seam_routes_the_matmul_and_caches_the_packed_weight():
@@ -105,8 +106,8 @@ def test_backend_seam_routes_the_matmul_and_caches_the_packed_weight():
     qs.register_backend(qs.SparseInt8Backend("counting", compress, matmul, lambda: True))
     try:
         lin = _linear(seed=2)
-        layer = qs.Int8SparseLinear.from_linear(lin, backend="counting")
-        reference = qs.Int8SparseLinear.from_linear(lin, backend="reference")
+        layer = qs.Int8Semi24Linear.from_linear(lin, backend="counting")
+        reference = qs.Int8Semi24Linear.from_linear(lin, backend="reference")
         x = torch.randn(6, 32)
         assert torch.equal(layer(x), reference(x)) and torch.equal(layer(x), reference(x))
         assert calls == {"compress": 1, "matmul": 2}
@@ -150,9 +151,9 @@ def test_accuracy_table_has_every_method_and_sane_numbers(table):
 
 
 def test_accuracy_table_starts_from_a_given_model_without_changing_it(table):
-    from sparsity_lab.data import load_digits
-    from sparsity_lab.models import DigitsMLP
-    from sparsity_lab.train import fit
+    from sparsity_lab.course.data import load_digits
+    from sparsity_lab.course.models import DigitsMLP
+    from sparsity_lab.course.train import fit
 
     torch.manual_seed(0)
     base = DigitsMLP(hidden=64)
@@ -249,7 +250,7 @@ def test_cusparselt_backends_are_exact(backend, m, k, n):
 @pytest.mark.gpu
 def test_int8_sparse_linear_on_the_gpu_matches_the_cpu_reference():
     lin = _linear(k=64, n=40, seed=3)
-    layer = qs.Int8SparseLinear.from_linear(lin)
+    layer = qs.Int8Semi24Linear.from_linear(lin)
     x = torch.randn(33, 64).half().float()  # values fp16 can hold, so both devices quantize the same numbers
     cpu = layer(x)
     gpu = layer.cuda()(x.cuda().half())
@@ -260,7 +261,7 @@ def test_int8_sparse_linear_on_the_gpu_matches_the_cpu_reference():
 
 
 def test_plots_carry_their_data():
-    from sparsity_lab.plots import quantization as plots
+    from sparsity_lab.quant import plots
 
     fig = plots.bytes_per_weight(qs.weight_bytes_per_entry())
     assert list(fig.data[0].x) == ["fp16", "int8", "fp16 2:4", "int8 2:4"]
@@ -283,7 +284,7 @@ def test_plots_carry_their_data():
 
 
 def test_channel_explorer_follows_the_slider():
-    from sparsity_lab.widgets.quantization import int8_channel_explorer
+    from sparsity_lab.quant.widgets import int8_channel_explorer
 
     weight = torch.randn(5, 16)
     weight[3] *= 100
@@ -295,17 +296,19 @@ def test_channel_explorer_follows_the_slider():
 
 
 def test_cnn_swap_touches_only_the_linear_head():
-    from sparsity_lab.models import DigitsCNN
+    from sparsity_lab.course.models import DigitsCNN
 
     torch.manual_seed(0)
     cnn = DigitsCNN(channels=4)
-    swapped = qs.quantize_linears(cnn, sparse=True)
+    swapped, dense_int8 = copy.deepcopy(cnn), copy.deepcopy(cnn)
+    sparsify_(swapped, Int8Config(sparse=True))
+    sparsify_(dense_int8, Int8Config(sparse=False))
     assert [type(m).__name__ for m in swapped.head if isinstance(m, nn.Module) and hasattr(m, "weight_q")] == [
-        "Int8SparseLinear", "Int8SparseLinear"]
+        "Int8Semi24Linear", "Int8Semi24Linear"]
     assert isinstance(swapped.features[0], nn.Conv2d)
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
-        ref = qs.quantize_linears(cnn, sparse=False)(x)
+        ref = dense_int8(x)
     assert swapped(x).shape == ref.shape == (5, 10)
 
 
@@ -355,21 +358,21 @@ def test_cslt_glue_pads_transposes_and_slices_back(emulated_cslt, m, k, n):
 
 
 class _FakeSemi24Weight:
-    """Stands in for sparsity_lab.cusparselt.Semi24Weight on the CPU: same checks, y returned as a transposed view."""
+    """Stands in for cusparselt.Semi24Weight on the CPU: same checks, y returned as a transposed view."""
 
     def __init__(self, dense):
         self.dense, self.shape = dense, tuple(dense.shape)
 
     @classmethod
     def from_dense(cls, dense):
-        from sparsity_lab.cusparselt import check_linear_shapes
+        from sparsity_lab.semi24.cusparselt import check_linear_shapes
 
         check_linear_shapes((16, dense.shape[1]), tuple(dense.shape), dense.dtype)
         qs.check_2of4(dense)
         return cls(dense)
 
     def linear(self, x, out_dtype=None):
-        from sparsity_lab.cusparselt import check_linear_shapes
+        from sparsity_lab.semi24.cusparselt import check_linear_shapes
 
         check_linear_shapes(tuple(x.shape), self.shape, x.dtype)
         assert out_dtype == torch.int32
@@ -378,7 +381,7 @@ class _FakeSemi24Weight:
 
 @pytest.mark.parametrize("m, k, n", [(1, 4, 1), (20, 40, 24), (32, 64, 64)])
 def test_binding_glue_pads_to_the_binding_rules_and_slices_back(monkeypatch, m, k, n):
-    from sparsity_lab import cusparselt
+    from sparsity_lab.semi24 import cusparselt
 
     monkeypatch.setattr(cusparselt, "Semi24Weight", _FakeSemi24Weight)
     w = torch.randn(n, k)

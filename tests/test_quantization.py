@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsity_lab import quantization as q
+from sparsity_lab.quant import int8 as q
 
 
 def _weights(rows: int, cols: int, seed: int) -> torch.Tensor:

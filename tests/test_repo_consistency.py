@@ -5,7 +5,7 @@ import re
 import tomllib
 import yaml
 
-from sparsity_lab.cli import find_course_root
+from sparsity_lab.course.cli import find_course_root
 
 ROOT = find_course_root()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sparsity_lab import results
+from sparsity_lab.course import results
 
 
 def test_save_then_load_round_trips(tmp_path):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity_lab import hessian, saliency
-from sparsity_lab.data import load_digits
-from sparsity_lab.obd_study import compare_diagonals, train_lbfgs
+from sparsity_lab.course.data import load_digits
+from sparsity_lab.pruning import hessian, saliency
+from sparsity_lab.pruning.obd_study import compare_diagonals, train_lbfgs
 
 N = 160
 
@@ -148,8 +148,8 @@ def test_wanda_scales_magnitude_by_input_norms():
 
 def test_obs_deletes_with_compensation_and_beats_obd_on_its_layer(data, trained):
     x, y = data
-    from sparsity_lab.obd_study import loss_of
-    from sparsity_lab.prune import current_mask, prune_by_scores
+    from sparsity_lab.pruning.obd_study import loss_of
+    from sparsity_lab.pruning.prune import current_mask, prune_by_scores
 
     count = 40
     obs_model = _model()

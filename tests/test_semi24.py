@@ -11,7 +11,7 @@ from torch.sparse._semi_structured_conversions import (
     sparse_semi_structured_to_dense_cutlass,
 )
 
-from sparsity_lab import semi24
+from sparsity_lab.semi24 import layout as semi24
 
 CUTLASS = [torch.float16, torch.bfloat16, torch.float32, torch.int8]
 SIMPLE = CUTLASS + [torch.float64, torch.uint8, torch.int16, torch.int32, torch.int64]

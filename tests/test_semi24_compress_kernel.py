@@ -42,9 +42,9 @@ def _run_cases() -> dict[str, dict[str, bool]]:
     """Every check, in this (interpreted) process: {case: {check: passed}}."""
     from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass as cutlass
 
-    from sparsity_lab import semi24
-    from sparsity_lab.kernels import semi24_compress as k24
-    from sparsity_lab.semi24 import sparsify
+    from sparsity_lab.semi24 import compress_kernel as k24
+    from sparsity_lab.semi24 import layout as semi24
+    from sparsity_lab.semi24.layout import sparsify
 
     out = {}
     for name, shape, (block_m, block_k) in CASES:
@@ -83,7 +83,7 @@ def test_kernel_equals_pytorch_cutlass_conversion_bit_for_bit(verdicts, case):
 
 
 def test_reference_pruning_keeps_two_largest_ties_to_lower_index():
-    from sparsity_lab.semi24 import sparsify
+    from sparsity_lab.semi24.layout import sparsify
 
     w = torch.tensor([[1.0, -3.0, 2.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, -0.0, 4.0, 2.0, -2.0, 2.0, 1.0]])
     kept = sparsify(w)
@@ -92,7 +92,7 @@ def test_reference_pruning_keeps_two_largest_ties_to_lower_index():
 
 
 def test_bad_dtype_and_shapes_are_named():
-    from sparsity_lab.kernels import semi24_compress as k24
+    from sparsity_lab.semi24 import compress_kernel as k24
 
     with pytest.raises(TypeError, match="float32"):
         k24.prune_and_compress(torch.randn(32, 64))

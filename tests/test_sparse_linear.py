@@ -1,4 +1,4 @@
-"""SparseLinear, swap_linears, the dispatcher and the selectable 2:4 matmul paths (CPU here; GPU where marked)."""
+"""Semi24Linear, the dispatcher and the selectable 2:4 matmul paths (CPU here; GPU where marked)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsity_lab.checks import relative_error
-from sparsity_lab.semi24_matmul import PATHS, check_path, prepare, unavailable_reason
-from sparsity_lab.sparse_linear import Decision, Dispatcher, SparseLinear, capture, swap_linears
+from sparsity_lab.semi24.layer import Decision, Dispatcher, Semi24Linear, capture
+from sparsity_lab.semi24.matmul import PATHS, check_path, prepare, unavailable_reason
+from sparsity_lab.sparsify import Semi24Config, sparsify_
 
 
 def _groups_are_24(weight: torch.Tensor) -> bool:
@@ -19,7 +20,7 @@ def _groups_are_24(weight: torch.Tensor) -> bool:
 def test_sparse_linear_prunes_to_24_and_computes_the_pruned_linear_on_the_cpu():
     torch.manual_seed(0)
     linear = nn.Linear(128, 64)
-    layer = SparseLinear.from_linear(linear)
+    layer = Semi24Linear.from_linear(linear)
     assert _groups_are_24(layer.weight) and (layer.weight != 0).sum() == 128 * 64 // 2
     x = torch.randn(3, 5, 128)
     assert torch.allclose(layer(x), F.linear(x, layer.weight, linear.bias))
@@ -27,7 +28,7 @@ def test_sparse_linear_prunes_to_24_and_computes_the_pruned_linear_on_the_cpu():
 
 
 def test_inputs_that_need_gradients_take_the_dense_path():
-    layer = SparseLinear(torch.randn(64, 64))
+    layer = Semi24Linear(torch.randn(64, 64))
     x = torch.randn(4, 64, requires_grad=True)
     layer(x).sum().backward()
     assert "no backward" in layer.last_reason and x.grad is not None and x.grad.shape == (4, 64)
@@ -38,33 +39,35 @@ def test_inputs_that_need_gradients_take_the_dense_path():
 
 def test_pruning_keeps_the_two_largest_of_each_group():
     weight = torch.tensor([[0.1, -5.0, 3.0, 0.2] * 16] * 64)
-    layer = SparseLinear(weight, backend="cusparselt")
+    layer = Semi24Linear(weight, backend="cusparselt")
     assert layer.weight[0, :4].tolist() == [0.0, -5.0, 3.0, 0.0]
 
 
 def test_swap_replaces_linears_it_can_and_says_why_it_kept_others():
     model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10), nn.Linear(10, 64))
     reference = [m.weight.detach().clone() for m in model if isinstance(m, nn.Linear)]
-    report = swap_linears(model, skip=lambda name, layer: name == "3")
-    assert isinstance(model[0], SparseLinear) and isinstance(model[2], nn.Linear) and not isinstance(
-        model[2], SparseLinear)
-    assert report["0"].startswith("2:4 SparseLinear") and "not a multiple of 64" in report["2"]
-    assert report["3"] == "kept dense (skipped)"
+    report = sparsify_(model, Semi24Config(), filter_fn=lambda layer, name: name != "3")
+    assert isinstance(model[0], Semi24Linear) and isinstance(model[2], nn.Linear) and not isinstance(
+        model[2], Semi24Linear)
+    assert report.changed == ["0"] and report["0"].what.startswith("Semi24Linear (cusparselt")
+    assert "not a multiple of 64" in report["2"].what and not report["2"].changed
+    assert report["3"].what == "left as it is: filter_fn"
     assert _groups_are_24(model[0].weight) and torch.equal(model[2].weight, reference[1])
     assert model(torch.randn(4, 128)).shape == (4, 64)
 
 
-def test_swap_leaves_sparse_layers_alone():
+def test_a_swapped_model_has_nothing_left_to_swap():
     model = nn.Sequential(nn.Linear(128, 128))
-    swap_linears(model)
-    assert swap_linears(model) == {}
+    sparsify_(model, Semi24Config())
+    with pytest.raises(ValueError, match="no layer that Semi24Config can take"):
+        sparsify_(model, Semi24Config())
 
 
 def test_bad_backend_and_shapes_are_named():
     with pytest.raises(ValueError, match="backend must be one of"):
-        SparseLinear(torch.randn(64, 64), backend="magic")
+        Semi24Linear(torch.randn(64, 64), backend="magic")
     with pytest.raises(ValueError, match="2-D"):
-        SparseLinear(torch.randn(64))
+        Semi24Linear(torch.randn(64))
 
 
 def test_cached_decisions_are_reused_without_measuring():
@@ -129,7 +132,7 @@ def test_every_available_path_matches_dense_on_the_gpu(path):
 def test_swapped_model_matches_its_dense_twin_and_records_decisions():
     model = nn.Sequential(nn.Linear(1024, 2048), nn.GELU(), nn.Linear(2048, 1024)).cuda().half()
     dispatcher = Dispatcher()
-    swap_linears(model, dispatcher=dispatcher)
+    sparsify_(model, Semi24Config(dispatcher=dispatcher))
     x = torch.randn(4, 64, 1024, device="cuda", dtype=torch.float16)
     with torch.no_grad():
         y = model(x)
@@ -139,13 +142,13 @@ def test_swapped_model_matches_its_dense_twin_and_records_decisions():
 
 
 def test_capture_needs_a_cuda_input():
-    layer = SparseLinear(torch.randn(64, 64))
+    layer = Semi24Linear(torch.randn(64, 64))
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA input"):
         capture(layer, torch.randn(8, 64))
 
 
 def test_forward_reroutes_when_the_weight_is_replaced():
-    layer = SparseLinear(torch.randn(64, 128), torch.randn(64))
+    layer = Semi24Linear(torch.randn(64, 128), torch.randn(64))
     x = torch.randn(4, 128)
     layer(x)
     layer.weight = nn.Parameter(torch.zeros(64, 128), requires_grad=False)
@@ -156,7 +159,7 @@ def test_forward_reroutes_when_the_weight_is_replaced():
 def test_capture_replays_a_swapped_model_with_new_inputs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256)).cuda().half()
-    swap_linears(model, dispatcher=None)
+    sparsify_(model, Semi24Config(dispatcher=None))
     x = torch.randn(16, 256, device="cuda", dtype=torch.float16)
     graphed = capture(model, x)
     for _ in range(2):

@@ -9,20 +9,17 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from sparsity_lab.models import DigitsMLP
-from sparsity_lab.semi24 import prune as prune_rows
-from sparsity_lab.sparse_training import (
-    Sparse24Linear,
+from sparsity_lab.course.models import DigitsMLP
+from sparsity_lab.semi24.layout import prune as prune_rows
+from sparsity_lab.sparsify import Semi24TrainingConfig, sparsify_
+from sparsity_lab.training.layer import (
+    Semi24TrainingLinear,
     SparseMLP,
-    is_24,
-    is_transposable_24,
     sparse24_layers,
     sparse24_linear,
-    swap_to_sparse24,
-    tile_patterns,
     to_dense_linears,
-    transposable_mask,
 )
+from sparsity_lab.training.masks import is_24, is_transposable_24, tile_patterns, transposable_mask
 
 
 def test_there_are_90_tile_patterns_each_2_per_row_and_column():
@@ -63,12 +60,12 @@ def test_masks_refuse_bad_shapes_and_values():
     with pytest.raises(ValueError, match="non-finite"):
         transposable_mask(torch.tensor([[float("nan"), 1, 2, 3]] * 4))
     with pytest.raises(ValueError, match="transpose must be one of"):
-        Sparse24Linear(8, 8, transpose="sideways")
+        Semi24TrainingLinear(8, 8, transpose="sideways")
     for transpose in ("transposable", "recompress"):  # recompress prunes Wᵀ along the outputs: 4 | out_features
         with pytest.raises(ValueError, match="multiples of 4"):
-            Sparse24Linear(8, 10, transpose=transpose)
+            Semi24TrainingLinear(8, 10, transpose=transpose)
     with pytest.raises(ValueError, match="srste_decay"):
-        Sparse24Linear(8, 8, srste_decay=-1.0)
+        Semi24TrainingLinear(8, 8, srste_decay=-1.0)
 
 
 def _case(seed=0):
@@ -110,7 +107,7 @@ def test_recompress_mode_uses_a_24_transpose_for_the_input_gradient():
 
 
 def test_layer_accepts_batches_of_sequences():
-    layer = Sparse24Linear(16, 8)
+    layer = Semi24TrainingLinear(16, 8)
     x = torch.randn(2, 3, 16, requires_grad=True)
     y = layer(x)
     assert y.shape == (2, 3, 8)
@@ -120,7 +117,7 @@ def test_layer_accepts_batches_of_sequences():
 
 def test_dynamic_mask_follows_the_weights_and_fixed_mask_does_not():
     torch.manual_seed(0)
-    dynamic, fixed = Sparse24Linear(32, 32), Sparse24Linear(32, 32, mask="fixed")
+    dynamic, fixed = Semi24TrainingLinear(32, 32), Semi24TrainingLinear(32, 32, mask="fixed")
     fixed.load_state_dict(dynamic.state_dict())
     start = dynamic.mask.clone()
     for layer in (dynamic, fixed):
@@ -138,7 +135,7 @@ def test_dynamic_mask_follows_the_weights_and_fixed_mask_does_not():
 
 def test_gradient_accumulation_keeps_each_forwards_weight():
     torch.manual_seed(0)
-    layer = Sparse24Linear(16, 8, mask="fixed", bias=False)
+    layer = Semi24TrainingLinear(16, 8, mask="fixed", bias=False)
     x1, x2 = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
     y1 = layer(x1)
     w1 = layer.sparse_weight()
@@ -151,7 +148,7 @@ def test_gradient_accumulation_keeps_each_forwards_weight():
 
 
 def test_dynamic_mask_is_computed_once_per_weight_update():
-    layer = Sparse24Linear(16, 16)
+    layer = Semi24TrainingLinear(16, 16)
     x = torch.randn(4, 16)
     layer(x)
     version = layer.mask._version
@@ -165,7 +162,7 @@ def test_dynamic_mask_is_computed_once_per_weight_update():
 
 
 def test_forward_follows_weight_updates_in_eval_mode():
-    layer = Sparse24Linear(16, 8, mask="fixed").eval()
+    layer = Semi24TrainingLinear(16, 8, mask="fixed").eval()
     x = torch.randn(3, 16)
     layer(x)
     with torch.no_grad():
@@ -174,7 +171,7 @@ def test_forward_follows_weight_updates_in_eval_mode():
 
 
 def test_eval_forward_does_not_move_the_mask():
-    layer = Sparse24Linear(16, 16).eval()
+    layer = Semi24TrainingLinear(16, 16).eval()
     with torch.no_grad():
         layer.weight.mul_(-1).add_(torch.randn(16, 16))
     before = layer.mask.clone()
@@ -185,8 +182,8 @@ def test_eval_forward_does_not_move_the_mask():
 def test_swap_and_export_keep_what_the_model_computes():
     torch.manual_seed(0)
     model = DigitsMLP(hidden=64)
-    swapped = swap_to_sparse24(model, skip=("net.5",))
-    assert swapped == ["net.1", "net.3"] and set(sparse24_layers(model)) == {"net.1", "net.3"}
+    report = sparsify_(model, Semi24TrainingConfig(), filter_fn=lambda m, fqn: fqn != "net.5")
+    assert report.changed == ["net.1", "net.3"] and set(sparse24_layers(model)) == {"net.1", "net.3"}
     x = torch.randn(7, 64)
     with torch.no_grad():
         y = model(x)
@@ -196,17 +193,17 @@ def test_swap_and_export_keep_what_the_model_computes():
 
 
 def test_the_cusparselt_backend_says_why_it_cannot_run_here():
-    layer = Sparse24Linear(16, 16, backend="cusparselt")
+    layer = Semi24TrainingLinear(16, 16, backend="cusparselt")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="needs a CUDA weight"):
         layer(torch.randn(2, 16))
-    assert Sparse24Linear(16, 16).backend().name == "dense"
+    assert Semi24TrainingLinear(16, 16).backend().name == "dense"
 
 
 @pytest.mark.slow
 def test_digits_from_scratch_stays_within_one_point_of_dense():
-    from sparsity_lab.sparse_training_study import finetune_into_sparse, train_dense, train_sparse_from_scratch
+    from sparsity_lab.training.study import finetune_into_sparse, train_dense, train_sparse_from_scratch
 
     dense, model = train_dense(0, epochs=20)
     sparse = train_sparse_from_scratch(0, epochs=20)
@@ -220,7 +217,7 @@ def test_digits_from_scratch_stays_within_one_point_of_dense():
 
 @pytest.mark.slow
 def test_ddp_on_gloo_keeps_ranks_identical_and_learns():
-    from sparsity_lab.distributed import run_ddp
+    from sparsity_lab.training.distributed import run_ddp
 
     result = run_ddp(world_size=2, steps=25)
     assert result["identical_weights"] and result["identical_masks"]
@@ -232,8 +229,8 @@ def test_ddp_on_gloo_keeps_ranks_identical_and_learns():
 # ------------------------------------------------------------------------------------------------- GPU
 def _gpu_case(dtype, transpose="transposable"):
     torch.manual_seed(0)
-    layer = Sparse24Linear(256, 512, transpose=transpose, backend="cusparselt", device="cuda", dtype=dtype)
-    reference = Sparse24Linear(256, 512, transpose=transpose, backend="dense", device="cuda", dtype=torch.float32)
+    layer = Semi24TrainingLinear(256, 512, transpose=transpose, backend="cusparselt", device="cuda", dtype=dtype)
+    reference = Semi24TrainingLinear(256, 512, transpose=transpose, backend="dense", device="cuda", dtype=torch.float32)
     reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in layer.state_dict().items()})
     return layer, reference
 
@@ -280,10 +277,10 @@ def test_cusparselt_training_steps_recompress_in_place():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fixed_mask_steps_write_cusparselts_own_bytes_by_gather(dtype):
-    from sparsity_lab.cusparselt import Semi24Weight
+    from sparsity_lab.semi24.cusparselt import Semi24Weight
 
     torch.manual_seed(0)
-    layer = Sparse24Linear(256, 512, mask="fixed", backend="cusparselt", device="cuda", dtype=dtype)
+    layer = Semi24TrainingLinear(256, 512, mask="fixed", backend="cusparselt", device="cuda", dtype=dtype)
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     for _ in range(3):
         x = torch.randn(64, 256, device="cuda", dtype=dtype)

@@ -16,8 +16,8 @@ CASES = [("float16", (32, 32), (4, 4)), ("bfloat16", (40, 72), (4, 4)), ("float3
 
 
 def _run_cases(device: str = "cpu") -> dict[str, dict[str, bool]]:
-    from sparsity_lab.kernels.transposable24 import transposable_prune
-    from sparsity_lab.sparse_training import is_transposable_24, transposable_mask
+    from sparsity_lab.training.kernel import transposable_prune
+    from sparsity_lab.training.masks import is_transposable_24, transposable_mask
 
     out = {}
     for name, shape, (tile_rows, tile_cols) in CASES:
@@ -50,7 +50,7 @@ def test_kernel_equals_the_torch_reference_in_the_interpreter(interpreted, case)
 
 
 def test_kernel_refuses_bad_input():
-    from sparsity_lab.kernels.transposable24 import transposable_prune
+    from sparsity_lab.training.kernel import transposable_prune
 
     with pytest.raises(ValueError, match="multiples of 4"):
         transposable_prune(torch.zeros(6, 8))
@@ -67,9 +67,10 @@ def test_kernel_on_the_gpu():
 
 @pytest.mark.gpu
 def test_training_layer_uses_the_kernel_on_the_gpu():
-    from sparsity_lab.sparse_training import Sparse24Linear, is_transposable_24, transposable_mask
+    from sparsity_lab.training.layer import Semi24TrainingLinear
+    from sparsity_lab.training.masks import is_transposable_24, transposable_mask
 
-    layer = Sparse24Linear(512, 256, device="cuda", dtype=torch.float16, backend="dense")
+    layer = Semi24TrainingLinear(512, 256, device="cuda", dtype=torch.float16, backend="dense")
     layer(torch.randn(8, 512, device="cuda", dtype=torch.float16)).sum().backward()
     assert is_transposable_24(layer.mask)
     same = (layer.mask == transposable_mask(layer.weight)).float().mean()

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsity_lab import semi24
-from sparsity_lab.sparse_training import transposable_mask
-from sparsity_lab.value_slots import ValueSlotsError, learn
+from sparsity_lab.semi24 import layout as semi24
+from sparsity_lab.semi24.value_slots import ValueSlotsError, learn
+from sparsity_lab.training.masks import transposable_mask
 
 
 def cutlass_buffer(dense: torch.Tensor) -> torch.Tensor:
@@ -135,14 +135,14 @@ class FakeSemi24Weight:
 
 @pytest.fixture
 def fake_backend_layer(monkeypatch):
-    from sparsity_lab import cusparselt
-    from sparsity_lab.sparse_training import CusparseltBackend, Sparse24Linear
+    from sparsity_lab.semi24 import cusparselt
+    from sparsity_lab.training.layer import CusparseltBackend, Semi24TrainingLinear
 
     monkeypatch.setattr(cusparselt, "Semi24Weight", FakeSemi24Weight)
 
-    def make(seed: int = 0) -> Sparse24Linear:
+    def make(seed: int = 0) -> Semi24TrainingLinear:
         torch.manual_seed(seed)
-        layer = Sparse24Linear(64, 128, mask="fixed", backend="dense", dtype=torch.float16)
+        layer = Semi24TrainingLinear(64, 128, mask="fixed", backend="dense", dtype=torch.float16)
         layer._backend, layer._backend_key = CusparseltBackend(), (layer.weight.device, layer.weight.dtype)
         return layer
 

@@ -51,7 +51,7 @@ def test_rejects_sparsity_outside_unit_interval(exercise, bad):
 
 
 def test_agrees_with_the_library(exercise):
-    from sparsity_lab.prune import magnitude_mask
+    from sparsity_lab.pruning.prune import magnitude_mask
 
     weight = torch.randn(64, 48)
     assert torch.equal(exercise.magnitude_mask(weight, 0.6), magnitude_mask(weight, 0.6))

@@ -39,7 +39,7 @@ def test_obd_saliency_rejects_non_finite(exercise, bad):
 
 
 def test_obd_saliency_agrees_with_the_library_and_leaves_inputs_alone(exercise):
-    from sparsity_lab.saliency import obd_from_diagonal
+    from sparsity_lab.pruning.saliency import obd_from_diagonal
 
     w, h = torch.randn(8, 5), torch.randn(8, 5)
     w0, h0 = w.clone(), h.clone()
@@ -93,7 +93,7 @@ def test_hutchinson_rejects_bad_counts(exercise, n, samples):
 def test_hutchinson_on_a_real_hessian_tracks_the_exact_diagonal(exercise):
     from torch import nn
 
-    from sparsity_lab.hessian import exact_diagonal, flat_hvp
+    from sparsity_lab.pruning.hessian import exact_diagonal, flat_hvp
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).double()

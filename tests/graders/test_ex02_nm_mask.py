@@ -73,7 +73,7 @@ def test_does_not_modify_the_weight(exercise):
 
 
 def test_agrees_with_the_library(exercise):
-    from sparsity_lab.patterns import nm_mask
+    from sparsity_lab.patterns.masks import nm_mask
 
     weight = _weight(32, 64, seed=5)
     for n, m, dim in [(2, 4, -1), (1, 4, 0), (4, 8, 1)]:

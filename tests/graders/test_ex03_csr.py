@@ -50,7 +50,7 @@ def test_negative_zero_is_not_stored(exercise):
 
 @pytest.mark.parametrize(("rows", "cols", "density"), [(7, 11, 0.3), (16, 16, 0.05), (1, 9, 1.0), (12, 5, 0.7)])
 def test_agrees_with_the_library(exercise, rows, cols, density):
-    from sparsity_lab.formats import CSR
+    from sparsity_lab.formats.matrices import CSR
 
     dense = _sparse(rows, cols, density, seed=rows)
     crow, col, values = exercise.csr_from_dense(dense)
@@ -58,7 +58,7 @@ def test_agrees_with_the_library(exercise, rows, cols, density):
     assert torch.equal(crow, ours.crow_indices) and torch.equal(col, ours.col_indices)
     assert torch.equal(values, ours.values)
     rebuilt = CSR(crow, col, values, (rows, cols)).to_dense()  # CSR(...) says what is wrong with malformed arrays
-    assert torch.equal(rebuilt, dense), "sparsity_lab.formats.CSR(crow, col, values, shape) must give the matrix back"
+    assert torch.equal(rebuilt, dense), "CSR(crow, col, values, shape) must give the matrix back"
 
 
 @pytest.mark.parametrize("shape", [(4,), (2, 3, 4)])
@@ -91,7 +91,7 @@ def test_matvec_gives_zero_for_empty_rows_and_all_zero_matrices(exercise):
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize(("rows", "cols", "density"), [(9, 13, 0.3), (32, 8, 0.05), (5, 5, 1.0)])
 def test_matvec_matches_dense(exercise, index_dtype, rows, cols, density):
-    from sparsity_lab.formats import CSR
+    from sparsity_lab.formats.matrices import CSR
 
     dense = _sparse(rows, cols, density, seed=cols)
     csr = CSR.from_dense(dense, index_dtype=index_dtype)

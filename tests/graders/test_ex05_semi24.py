@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsity_lab import semi24
+from sparsity_lab.semi24 import layout as semi24
 
 EXERCISE = "ex05_semi24"
 

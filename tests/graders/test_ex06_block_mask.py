@@ -78,7 +78,7 @@ def test_does_not_modify_the_weight(exercise):
 
 
 def test_agrees_with_the_library(exercise):
-    from sparsity_lab.block_pruning import block_mask, block_scores
+    from sparsity_lab.block.pruning import block_mask, block_scores
 
     weight = torch.randn(48, 64)
     assert torch.allclose(exercise.block_norms(weight, 16), block_scores(weight, 16, "l2"))

@@ -72,7 +72,7 @@ def test_rejects_bad_inputs(exercise, bad, error):
 
 
 def test_agrees_with_the_library(exercise):
-    from sparsity_lab.quantization import dequantize, quantize_per_channel
+    from sparsity_lab.quant.int8 import dequantize, quantize_per_channel
 
     w = _weight(30, 64, seed=7)
     q, scale = exercise.quantize_per_channel(w)

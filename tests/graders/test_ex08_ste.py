@@ -93,7 +93,8 @@ def test_does_not_modify_weight_or_mask(exercise):
 
 
 def test_agrees_with_the_library(exercise):
-    from sparsity_lab.sparse_training import sparse24_linear, transposable_mask
+    from sparsity_lab.training.layer import sparse24_linear
+    from sparsity_lab.training.masks import transposable_mask
 
     x, weight, _, grad_y = _problem(tokens=16, features=16, out=8, seed=7)
     mask = transposable_mask(weight)

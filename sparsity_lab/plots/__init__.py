@@ -1,1 +1,0 @@
-"""Pure plotting functions, one module per topic: data in, plotly figure out (testable without a browser)."""

@@ -1,0 +1,93 @@
+"""Triton kernels for the two memory-bound steps around an int8 matmul in a dynamically quantized layer.
+
+Eager PyTorch spends several passes over memory on each: per-token quantization (abs-max, divide, round, clamp,
+cast) and the epilogue (int32 -> float, two scales, bias, cast). Each kernel here makes one pass:
+
+- `quantize_per_token(x)`: one program per row reads it twice (abs-max, then quantize; the second read mostly hits
+  L2) and writes int8 values and the float32 scale. Same arithmetic as `sparsity_lab.quant.int8.quantize_rows`:
+  s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127), a zero row gets s = 0 and q = 0.
+- `rescale(acc, s_x, s_w, bias, dtype)`: y = acc * s_x[:, None] * s_w[None, :] + bias in float32, written in
+  `dtype`; `acc` may be any strided (M, N) view, such as the transposed (N, M) result of a cuSPARSELt matmul.
+
+Round-half-to-even uses the float32 trick (v + 1.5 * 2**23) - 1.5 * 2**23, exact for |v| < 2**22.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+    start = 0
+    while start < K:  # not `range(0, K, ...)`: Triton 3.6's interpreter cannot take a runtime bound (NumPy 2.4)
+        cols = start + offs
+        v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+        start += BLOCK_K
+    scale = tl.div_rn(tl.max(amax, axis=0), 127.0)  # IEEE division, as torch: `/` on GPUs is approximate
+    safe = tl.where(scale > 0.0, scale, 1.0)
+    tl.store(s_ptr + row, scale)
+    start = 0
+    while start < K:
+        cols = start + offs
+        v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
+        r = tl.div_rn(v, safe)
+        r = (r + 12582912.0) - 12582912.0  # 1.5 * 2**23: a literal, as Triton 3.6 kernels may not read globals
+        r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+        tl.store(q_ptr + row * stride_qm + cols, r.to(tl.int8), mask=cols < K)
+        start += BLOCK_K
+
+
+@triton.jit
+def _rescale_kernel(acc_ptr, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, stride_am, stride_an, stride_ym,
+                    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    inside = (rows[:, None] < M) & (cols[None, :] < N)
+    rows64 = rows.to(tl.int64)
+    cols64 = cols.to(tl.int64)
+    acc = tl.load(acc_ptr + rows64[:, None] * stride_am + cols64[None, :] * stride_an, mask=inside, other=0)
+    sx = tl.load(sx_ptr + rows, mask=rows < M, other=0.0)
+    sw = tl.load(sw_ptr + cols, mask=cols < N, other=0.0)
+    y = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows64[:, None] * stride_ym + cols64[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (q int8 (M, K) contiguous, s float32 (M,)), one Triton program per row."""
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a 2-D floating tensor, got {x.dtype} of shape {tuple(x.shape)}")
+    m, k = x.shape
+    if k == 0:
+        raise ValueError(f"x has shape {tuple(x.shape)}: rows need at least one entry to have a scale")
+    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    s = torch.empty(m, dtype=torch.float32, device=x.device)
+    if m:
+        block = min(4096, triton.next_power_of_2(k))
+        _quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), x.stride(1), q.stride(0), BLOCK_K=block)
+    return q, s
+
+
+def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+            dtype: torch.dtype, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+    """int32 (M, N), any strides -> acc * s_x[:, None] * s_w[None, :] + bias as a contiguous `dtype` tensor."""
+    if acc.dim() != 2 or acc.dtype != torch.int32:
+        raise ValueError(f"acc must be a 2-D int32 accumulator, got {acc.dtype} of shape {tuple(acc.shape)}")
+    m, n = acc.shape
+    if x_scale.shape != (m,) or w_scale.shape != (n,) or (bias is not None and bias.shape != (n,)):
+        raise ValueError(f"scales must be ({m},) and ({n},) (and bias ({n},)) for acc {tuple(acc.shape)}")
+    y = torch.empty(m, n, dtype=dtype, device=acc.device)
+    if m and n:
+        grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+        _rescale_kernel[grid](acc, x_scale.contiguous(), w_scale.contiguous(), bias if bias is not None else acc,
+                              y, m, n, acc.stride(0), acc.stride(1), y.stride(0), HAS_BIAS=bias is not None,
+                              BLOCK_M=block_m, BLOCK_N=block_n)
+    return y

@@ -1,1 +1,0 @@
-"""Thin ipywidgets shells around `sparsity_lab.plots`, one module per topic."""
