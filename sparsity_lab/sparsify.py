@@ -118,10 +118,6 @@ def _plan_each(layers: dict[str, nn.Module], plan_one: Callable[[str, nn.Module]
     return plans
 
 
-def _replace(what: str, new: nn.Module) -> _Planned:
-    return _Planned(what, lambda: new)
-
-
 def _check_finite(fqn: str, module: nn.Module) -> None:
     weight = module.weight.detach()
     if weight.is_floating_point() and not torch.isfinite(weight).all():
@@ -180,9 +176,50 @@ class PruneConfig:
         return {fqn: _Planned(what, lambda m=layers[fqn], k=mask: apply_mask(m, k)) for fqn, mask in masks.items()}
 
 
+# ---------------------------------------------------------------------------------------- linear layer swaps
+class _LinearSwap:
+    """What the configs that turn each ``nn.Linear`` into another layer share: which layers they take, and a plan
+    that checks the config, skips the layers `unfit` names a reason for, refuses non-finite weights and builds
+    every replacement before anything is installed."""
+
+    takes = "nn.Linear layers"
+
+    def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
+        return _linear_layers(model)
+
+    def check(self) -> None:
+        """Raise a ValueError naming the field when the config itself is wrong."""
+
+    def unfit(self, linear: nn.Module) -> str | None:
+        """Why this layer is left as it is (None: it is converted)."""
+        return None
+
+    def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:
+        """(what was done, the new layer) for an accepted layer; must not change `linear`."""
+        raise NotImplementedError
+
+    def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, _Planned | str]:
+        self.check()
+
+        def plan_one(fqn: str, linear: nn.Module) -> _Planned | str:
+            reason = self.unfit(linear)
+            if reason:
+                return reason
+            _check_finite(fqn, linear)
+            what, layer = self.convert(linear)
+            return _Planned(what, lambda: layer)
+
+        return _plan_each(layers, plan_one)
+
+
+def _check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 # -------------------------------------------------------------------------------------------------- 2:4
 @dataclass(frozen=True)
-class Semi24Config:
+class Semi24Config(_LinearSwap):
     """2:4 inference: each ``nn.Linear`` becomes a `Semi24Linear` (weight pruned to 2:4 by magnitude, frozen).
 
     `backend`: "cusparselt" (ours), "torch_cslt" or "cutlass" (PyTorch's, to compare); `dispatcher` measures
@@ -191,31 +228,27 @@ class Semi24Config:
 
     backend: str = "cusparselt"
     dispatcher: Dispatcher | None = field(default_factory=lambda: DEFAULT_DISPATCHER)
-    takes = "nn.Linear layers"
 
-    def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
-        return _linear_layers(model)
+    def check(self) -> None:
+        from sparsity_lab.semi24.layer import BACKENDS
 
-    def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, _Planned | str]:
-        from sparsity_lab.semi24.layer import BACKENDS, Semi24Linear
+        _check_choice("backend", self.backend, BACKENDS)
 
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+    def unfit(self, linear: nn.Module) -> str | None:
+        if linear.in_features % 64 or linear.out_features % 64:
+            return f"{linear.in_features}x{linear.out_features} is not a multiple of 64"
+        return None
 
-        def plan_one(fqn: str, linear: nn.Module) -> _Planned | str:
-            if linear.in_features % 64 or linear.out_features % 64:
-                return f"{linear.in_features}x{linear.out_features} is not a multiple of 64"
-            _check_finite(fqn, linear)
-            layer = Semi24Linear.from_linear(linear, backend=self.backend, dispatcher=self.dispatcher)
-            dispatched = ", dispatched" if self.dispatcher is not None else ""
-            return _replace(f"Semi24Linear ({self.backend}{dispatched})", layer)
+    def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:
+        from sparsity_lab.semi24.layer import Semi24Linear
 
-        return _plan_each(layers, plan_one)
+        layer = Semi24Linear.from_linear(linear, backend=self.backend, dispatcher=self.dispatcher)
+        return f"Semi24Linear ({self.backend}{', dispatched' if self.dispatcher is not None else ''})", layer
 
 
 # ------------------------------------------------------------------------------------------------- int8
 @dataclass(frozen=True)
-class Int8Config:
+class Int8Config(_LinearSwap):
     """Symmetric int8 dynamic quantization of each ``nn.Linear`` (per-channel weights, per-token activations);
     with `sparse`, int8 2:4 (`Int8Semi24Linear`; `prune=False` requires weights already 2:4). `backend` picks
     the integer matmul ("auto", see `quant.layers`); `fused` runs the Triton quantize and rescale kernels."""
@@ -224,29 +257,20 @@ class Int8Config:
     backend: str = "auto"
     fused: bool = False
     prune: bool = True
-    takes = "nn.Linear layers"
 
-    def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
-        return _linear_layers(model)
-
-    def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, _Planned | str]:
+    def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:
         from sparsity_lab.quant.layers import Int8Linear, Int8Semi24Linear
 
-        def plan_one(fqn: str, linear: nn.Module) -> _Planned:
-            _check_finite(fqn, linear)
-            if self.sparse and linear.in_features % 4 == 0:
-                layer = Int8Semi24Linear.from_linear(linear, backend=self.backend, fused=self.fused, prune=self.prune)
-                return _replace("Int8Semi24Linear (int8 2:4)", layer)
-            layer = Int8Linear.from_linear(linear, backend=self.backend, fused=self.fused)
-            why = f" (in_features={linear.in_features} is not a multiple of 4: dense int8)" if self.sparse else ""
-            return _replace("Int8Linear" + why, layer)
-
-        return _plan_each(layers, plan_one)
+        if self.sparse and linear.in_features % 4 == 0:
+            layer = Int8Semi24Linear.from_linear(linear, backend=self.backend, fused=self.fused, prune=self.prune)
+            return "Int8Semi24Linear (int8 2:4)", layer
+        why = f" (in_features={linear.in_features} is not a multiple of 4: dense int8)" if self.sparse else ""
+        return "Int8Linear" + why, Int8Linear.from_linear(linear, backend=self.backend, fused=self.fused)
 
 
 # ------------------------------------------------------------------------------------------------- block
 @dataclass(frozen=True)
-class BlockSparseConfig:
+class BlockSparseConfig(_LinearSwap):
     """Block-sparse inference: each ``nn.Linear`` whose sides are multiples of `block_size` and whose stored-block
     density is at most `max_density` becomes a `BlockSparseLinear` (prune blocks first, e.g. `block.pruning`).
     `backend`: "auto" (the dispatcher keeps the fastest of the kernel's variants and dense), "triton", "tma",
@@ -255,36 +279,36 @@ class BlockSparseConfig:
     block_size: int = 64
     max_density: float = 0.7
     backend: str = "auto"
-    takes = "nn.Linear layers"
 
-    def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
-        return _linear_layers(model)
-
-    def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, _Planned | str]:
-        from sparsity_lab.block.layer import BACKENDS, BlockSparseLinear
+    def check(self) -> None:
+        from sparsity_lab.block.layer import BACKENDS
 
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
         if not 0.0 <= self.max_density <= 1.0:
             raise ValueError(f"max_density must be in [0, 1], got {self.max_density!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        _check_choice("backend", self.backend, BACKENDS)
 
-        def plan_one(fqn: str, linear: nn.Module) -> _Planned | str:
-            if any(side % self.block_size for side in linear.weight.shape):
-                return f"{tuple(linear.weight.shape)} is not a multiple of block {self.block_size}"
-            _check_finite(fqn, linear)
-            layer = BlockSparseLinear.from_linear(linear, self.block_size, backend=self.backend)
-            if layer.density > self.max_density:
-                return f"block density {layer.density:.2f} is above max_density={self.max_density}"
-            return _replace(f"BlockSparseLinear (block {self.block_size}, density {layer.density:.2f})", layer)
+    def unfit(self, linear: nn.Module) -> str | None:
+        if any(side % self.block_size for side in linear.weight.shape):
+            return f"{tuple(linear.weight.shape)} is not a multiple of block {self.block_size}"
+        out_blocks, in_blocks = (side // self.block_size for side in linear.weight.shape)
+        nonzero = (linear.weight.detach() != 0).reshape(out_blocks, self.block_size, in_blocks, self.block_size)
+        density = float(nonzero.any(dim=3).any(dim=1).float().mean())  # the blocks BSR would store
+        if density > self.max_density:
+            return f"block density {density:.2f} is above max_density={self.max_density}"
+        return None
 
-        return _plan_each(layers, plan_one)
+    def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:
+        from sparsity_lab.block.layer import BlockSparseLinear
+
+        layer = BlockSparseLinear.from_linear(linear, self.block_size, backend=self.backend)
+        return f"BlockSparseLinear (block {self.block_size}, density {layer.density:.2f})", layer
 
 
 # ------------------------------------------------------------------------------------------------ training
 @dataclass(frozen=True)
-class Semi24TrainingConfig:
+class Semi24TrainingConfig(_LinearSwap):
     """2:4 training: each ``nn.Linear`` (sizes multiples of 4) becomes a `Semi24TrainingLinear` holding its weight:
     `mask` "dynamic" (recomputed from |W| every step) or "fixed"; `transpose` "transposable" or "recompress";
     `srste_decay` SR-STE's λ; `backend` "auto", "dense" or "cusparselt"."""
@@ -293,20 +317,15 @@ class Semi24TrainingConfig:
     transpose: str = "transposable"
     srste_decay: float = 0.0
     backend: str = "auto"
-    takes = "nn.Linear layers"
 
-    def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
-        return _linear_layers(model)
+    def unfit(self, linear: nn.Module) -> str | None:
+        if linear.in_features % 4 or linear.out_features % 4:
+            return f"{linear.in_features}x{linear.out_features} is not a multiple of 4"
+        return None
 
-    def plan(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, _Planned | str]:
+    def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:
         from sparsity_lab.training.layer import Semi24TrainingLinear
 
-        def plan_one(fqn: str, linear: nn.Module) -> _Planned | str:
-            if linear.in_features % 4 or linear.out_features % 4:
-                return f"{linear.in_features}x{linear.out_features} is not a multiple of 4"
-            _check_finite(fqn, linear)
-            layer = Semi24TrainingLinear.from_linear(linear, mask=self.mask, transpose=self.transpose,
-                                                     srste_decay=self.srste_decay, backend=self.backend)
-            return _replace(f"Semi24TrainingLinear ({self.mask} mask, {self.transpose})", layer)
-
-        return _plan_each(layers, plan_one)
+        layer = Semi24TrainingLinear.from_linear(linear, mask=self.mask, transpose=self.transpose,
+                                                 srste_decay=self.srste_decay, backend=self.backend)
+        return f"Semi24TrainingLinear ({self.mask} mask, {self.transpose})", layer
