@@ -299,7 +299,7 @@ def test_fixed_mask_steps_write_cusparselts_own_bytes_by_gather(dtype):
         values = weight_s.numel()  # bytes of the kept values (2 bytes each, half the entries kept): the slots
         assert torch.equal(gathered.compressed[:values], compressed.compressed[:values])
         # metadata: cuSPARSELt's compress of random weights was seen to write one byte differently from the
-        # mask's (2 of 8 4M-entry weights, scripts/notes/value_slots_diagnosis_call8.log), with identical products
+        # mask's (2 of 8 4M-entry weights; docs/performance/sparse_training.md, "Value slots"), with identical products
         assert torch.equal(gathered.linear(operand), compressed.linear(operand))
     x = torch.randn(64, 256, device="cuda", dtype=dtype, requires_grad=True)
     layer(x).float().sum().backward()

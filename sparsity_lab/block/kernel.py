@@ -158,7 +158,7 @@ def _set_tma_block_shapes(nargs: dict) -> None:
 def _configs(pre_hook=None, stages_options: tuple[int, ...] = (2, 4)) -> list[triton.Config]:
     """Candidate tilings: token tile, blocks per loop step, warps, pipeline depth, and launch grouping: 8 token
     tiles per group, or as many as make 512 tokens (a smaller slice of x in L2 while a group sweeps the block-rows;
-    measured 8% faster at BLOCK_M 256, block 64 / 90%, scripts/NOTES_block_sparse.md)."""
+    measured 8% faster at BLOCK_M 256, block 64 / 90%, docs/performance/block_sparse.md)."""
     configs = []
     for block_m in (64, 128, 256):
         for group_m in sorted({8, max(1, 512 // block_m)}):

@@ -79,9 +79,9 @@ def _kernel():
 def transposable_prune(weight: torch.Tensor, tile_rows: int = 8, tile_cols: int = 8
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mask, W_s, W_sᵀ) for a 2-D `weight` whose sizes are multiples of 4: the transposable 2:4 mask of
-    `sparsity_lab.training.layer.transposable_mask`, the pruned weight, and its transpose (contiguous).
+    `sparsity_lab.training.masks.transposable_mask`, the pruned weight, and its transpose (contiguous).
     Each program takes tile_rows x tile_cols 4x4 tiles: 8 x 8 was the fastest of 4x4 .. 16x16 on an H200
-    (0.056 ms for a 4096 x 1024 fp16 weight; `scripts/notes/tile_compressor_probe_call3.json`)."""
+    (0.056 ms for a 4096 x 1024 fp16 weight; docs/performance/sparse_training.md)."""
     if weight.dim() != 2 or weight.shape[0] % 4 or weight.shape[1] % 4:
         raise ValueError(f"weight must be 2-D with both sizes multiples of 4, got shape {tuple(weight.shape)}")
     if weight.dtype not in SUPPORTED:
