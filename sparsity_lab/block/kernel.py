@@ -56,7 +56,14 @@ def _bsr_linear_kernel(
     BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, WIDEN: tl.constexpr = False,
 ):
-    """y[m_tile, row*BS:(row+1)*BS] = x[m_tile, :] @ W[row block]^T (+ bias), one block-row per program."""
+    """y[m_tile, row*BS:(row+1)*BS] = x[m_tile, :] @ W[row block]^T (+ bias), one block-row per program::
+
+        (pid_m, row) = grouped order of program_id(0)       # GROUP_M token tiles sweep the block-rows together
+        acc = 0                                             # (BLOCK_M, BS) float32
+        for i in crow[row] .. crow[row + 1] - 1:            # BLOCKS_PER_STEP at a time, unrolled
+            acc += x[m_tile, col[i]*BS : (col[i]+1)*BS] @ blocks[i]^T
+        y[m_tile, row*BS : (row+1)*BS] = acc + bias         # masked past M and N
+    """
     # Grouped order: GROUP_M token tiles side by side sweep the block-rows together, so a block-row of W is
     # read from DRAM once per group and each token tile of x stays in L2 while the group sweeps.
     pid = tl.program_id(0)

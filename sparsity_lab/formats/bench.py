@@ -56,7 +56,7 @@ LABELS = {
     "scipy_csr": "scipy CSR",
 }
 MIN_REPS = 3
-TARGET = 2.0  # the target: our CSR within 2x of scipy's time at 99% sparsity
+TARGET = 2.0  # the target: our CSR within 2x of scipy's time at 99% sparsity
 Matmul = Callable[[], Any]
 
 

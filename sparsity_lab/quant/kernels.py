@@ -21,6 +21,11 @@ import triton.language as tl
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, BLOCK_K: tl.constexpr):
+    """One program per row of x::
+
+        s[row] = max(|x[row, :]|) / 127                     # first pass, BLOCK_K entries at a time
+        q[row, :] = clamp(round_half_even(x[row, :] / s), -127, 127)   # second pass (s = 0: q = 0)
+    """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     amax = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -47,6 +52,10 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_q
 @triton.jit
 def _rescale_kernel(acc_ptr, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, stride_am, stride_an, stride_ym,
                     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (BLOCK_M, BLOCK_N) tile of y::
+
+        y[tile] = float32(acc[tile]) * sx[rows, None] * sw[None, cols] (+ bias[None, cols]), cast to y's dtype
+    """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     inside = (rows[:, None] < M) & (cols[None, :] < N)
