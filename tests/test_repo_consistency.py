@@ -40,6 +40,15 @@ def test_readme_test_command_is_what_ci_runs():
     assert command in ci, f".ci/run must run README's test command: {command}"
 
 
+def test_ci_builds_the_course_environment_with_readmes_first_command():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- course-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
+    assert match, "README.md must mark its course command with <!-- course-command -->"
+    install, _, launch = match.group(1).strip().partition(" && ")
+    assert launch == "sparsity-lab lectures", "the course command installs, then starts JupyterLab"
+    assert install in (ROOT / ".ci" / "run").read_text(), f".ci/run must build the course environment with: {install}"
+
+
 def test_readme_quick_start_runs():
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## The library\n.*?```python\n(.+?)\n```", readme, re.DOTALL)
