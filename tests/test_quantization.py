@@ -187,3 +187,11 @@ def test_int8_linear_on_the_gpu_matches_the_cpu_reference():
     cpu = q.int8_linear(x, q_w, s_w, b)
     gpu = q.int8_linear(x.cuda(), q_w.cuda(), s_w.cuda(), b.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_values_beyond_float32_are_refused_not_zeroed():
+    x = torch.tensor([[1.0, -2.0], [1e39, 3.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"beyond float32's range \(first at index \[1, 0\]"):
+        q.quantize_per_token(x)
+    values, scales = q.quantize_per_token(torch.tensor([[3.0e38, -1.0]], dtype=torch.float64))
+    assert torch.isfinite(scales).all() and values[0, 0] == 127

@@ -68,7 +68,8 @@ def quantize_rows(x: torch.Tensor, check_finite: bool = True) -> tuple[torch.Ten
     """Quantize each row of a 2-D float tensor to int8 with its own symmetric scale; returns (q, scale).
 
     `scale` is float32 of shape (rows,); rows of zeros get scale 0 and q = 0 (no division by zero).
-    `check_finite=False` skips the NaN/inf check (a device sync on GPUs) for activations in a hot path.
+    `check_finite=False` skips the NaN/inf check (a device sync on GPUs) for activations in a hot path. Scales
+    are float32, so float64 values beyond float32's range are refused rather than quantized to zeros.
     """
     _check_float_2d(x, "x")
     if x.shape[1] == 0:
@@ -76,6 +77,13 @@ def quantize_rows(x: torch.Tensor, check_finite: bool = True) -> tuple[torch.Ten
     if check_finite and x.numel() and not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise ValueError(f"x contains non-finite values (first at index {bad}); int8 scales need finite inputs")
+    if check_finite and x.dtype == torch.float64 and x.numel():
+        limit = torch.finfo(torch.float32).max
+        too_big = x.abs() > limit
+        if too_big.any():
+            bad = too_big.nonzero()[0].tolist()
+            raise ValueError(f"x has values beyond float32's range (first at index {bad}: {float(x[tuple(bad)]):.3g}):"
+                             f" int8 scales are float32, so |x| must be at most {limit:.3g}")
     scale = row_scales(x)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(x.to(torch.float32) / safe[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
