@@ -56,3 +56,11 @@ def test_every_shipped_results_file_is_valid(name):
 @pytest.mark.parametrize(("raw", "text"), [(800, "0.8.0"), (602, "0.6.2"), (1000, "0.10.0"), (1000203, "1.2.3")])
 def test_cusparselt_version_decodes_the_header_formula(raw, text):
     assert results.format_cusparselt_version(raw) == text
+
+
+def test_results_paths_must_be_json(tmp_path):
+    with pytest.raises(ValueError, match="must name a .json results file"):
+        results.save_results("x", {}, tmp_path / "x.txt")
+    assert not (tmp_path / "x.txt").exists()
+    with pytest.raises(ValueError, match="a recorded name or a .json path"):
+        results.load_results(tmp_path / "x.csv")

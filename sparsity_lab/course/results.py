@@ -114,7 +114,9 @@ def validate(payload: Any, source: str = "results") -> Results:
 
 
 def save_results(name: str, figures: Any, path: str | Path, environment: dict[str, Any] | None = None) -> Path:
-    """Write `figures` with this machine's environment (or the one given) as a results file at `path`."""
+    """Write `figures` with this machine's environment (or the one given) as a results file at `path` (.json)."""
+    if Path(path).suffix != ".json":
+        raise ValueError(f"path must name a .json results file, got {str(path)!r}")
     results = validate(
         {"schema": SCHEMA, "name": name, "environment": environment or record_environment(), "figures": figures}
     )
@@ -129,6 +131,8 @@ def load_results(name_or_path: str | Path) -> Results:
     path = Path(name_or_path)
     if not path.suffix:
         path = RECORDED_DIR / f"{name_or_path}.json"
+    elif path.suffix != ".json":
+        raise ValueError(f"name_or_path must be a recorded name or a .json path, got {str(name_or_path)!r}")
     if not path.exists():
         known = sorted(p.stem for p in RECORDED_DIR.glob("*.json"))
         raise FileNotFoundError(f"no results file {str(name_or_path)!r}; recorded ones: {known}")
