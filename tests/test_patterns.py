@@ -20,7 +20,7 @@ from sparsity_lab.patterns.masks import (
     row_mask,
     unstructured_mask,
 )
-from sparsity_lab.pruning.prune import sparsity_of
+from sparsity_lab.pruning.prune import magnitudes, sparsity_of
 
 sparsities = st.floats(min_value=0.0, max_value=0.99, allow_nan=False)
 
@@ -122,12 +122,71 @@ def test_achieved_sparsity_is_what_the_mask_gets(scores, sparsity, spec):
     assert sparsity_of(pattern.mask(scores, sparsity)) == pytest.approx(achieved)
 
 
-def test_ties_drop_the_lower_index_first():
+def test_ties_keep_the_lower_index():
     flat = torch.ones(8)
-    assert nm_mask(flat, 2, 4).tolist() == [False, False, True, True] * 2
-    assert row_mask(torch.ones(4, 2), 0.5).tolist() == [[False, False]] * 2 + [[True, True]] * 2
-    assert block_mask(torch.ones(4, 4), 0.25, (2, 2))[:2, :2].logical_not().all()
-    assert unstructured_mask(flat, 0.25).tolist() == [False, False] + [True] * 6
+    assert nm_mask(flat, 2, 4).tolist() == [True, True, False, False] * 2
+    assert row_mask(torch.ones(4, 2), 0.5).tolist() == [[True, True]] * 2 + [[False, False]] * 2
+    blocks = block_mask(torch.ones(4, 4), 0.25, (2, 2))
+    assert blocks[2:, 2:].logical_not().all() and int(blocks.sum()) == 12, "the last block (grid index 3) goes"
+    assert unstructured_mask(flat, 0.25).tolist() == [True] * 6 + [False, False]
+    assert column_mask(torch.ones(2, 4), 0.5).tolist() == [[True, True, False, False]] * 2
+    kept = global_unstructured_masks({"a": torch.ones(2), "b": torch.ones(2)}, 0.5)
+    assert kept["a"].all() and not kept["b"].any(), "an earlier tensor's tied entry is kept"
+
+
+def _keeps_by_rank(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """The tie rule written out along the last dim: keep an entry when fewer than n others outrank it (a higher
+    score, or an equal score at a lower index), the rank the Triton 2:4 compressor computes."""
+    a, b = scores.unsqueeze(-1), scores.unsqueeze(-2)
+    lower = torch.ones(scores.shape[-1], scores.shape[-1], dtype=torch.bool).tril(-1)  # lower[i, j]: j < i
+    return ((b > a) | ((b == a) & lower)).sum(-1) < n
+
+
+tied_values = st.sampled_from([-0.0, 0.0, 0.5, 1.0, 2.0])
+
+
+@given(st.data())
+def test_nm_and_unstructured_ties_follow_the_rank_rule(data):
+    m = data.draw(st.integers(2, 8))
+    n = data.draw(st.integers(1, m - 1))
+    rows = data.draw(st.integers(1, 4))
+    values = data.draw(st.lists(tied_values, min_size=rows * m, max_size=rows * m))
+    scores = torch.tensor(values, dtype=torch.float64).reshape(rows, m)
+    assert torch.equal(nm_mask(scores, n, m), _keeps_by_rank(scores, n))
+    assert torch.equal(nm_mask(scores.T.contiguous(), n, m, dim=0), _keeps_by_rank(scores, n).T)
+    assert torch.equal(nm_mask(scores.float(), n, m), nm_mask(scores.half(), n, m)), "the dtype does not matter"
+    sparsity = data.draw(sparsities)
+    n_keep = scores.numel() - round(sparsity * scores.numel())
+    flat = scores.reshape(-1)
+    assert torch.equal(unstructured_mask(scores, sparsity).reshape(-1), _keeps_by_rank(flat, n_keep))
+
+
+def test_all_zero_groups_keep_their_first_n_entries():
+    zeros = torch.tensor([[0.0, -0.0, 0.0, -0.0] * 2, [-0.0] * 8])
+    assert nm_mask(zeros, 2, 4).tolist() == [[True, True, False, False] * 2] * 2
+    assert nm_mask(zeros, 1, 4).tolist() == [[True, False, False, False] * 2] * 2
+    assert nm_mask(torch.zeros(8, 3), 2, 4, dim=0).tolist() == [[True] * 3] * 2 + [[False] * 3] * 2 + (
+        [[True] * 3] * 2 + [[False] * 3] * 2)
+    assert nm_mask(torch.zeros(2, 0, 4), 2, 4).shape == (2, 0, 4)
+
+
+INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+                  torch.uint64]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES)
+def test_integer_scores_rank_exactly_down_to_the_dtype_minimum(dtype):
+    info = torch.iinfo(dtype)
+    big = min(info.max, 2**53)  # float64 ranks 64-bit integers exactly up to 2**53
+    weight = torch.tensor([[big, 0, info.min, 1]], dtype=dtype)
+    signed = info.min < 0
+    assert nm_mask(weight, 1, 4).tolist() == [[True, False, False, False]], "scores rank as given: max is highest"
+    assert nm_mask(weight, 2, 4).tolist() == [[True, False, False, True]]
+    assert nm_mask(magnitudes(weight), 1, 4).tolist() == [[not signed, False, signed, False]], (
+        "|min| > max must rank highest (an integer abs() wraps min to itself)")
+    assert nm_mask(magnitudes(weight), 2, 4).tolist() == [[True, False, signed, not signed]]
+    assert unstructured_mask(weight, 0.75).tolist() == [[True, False, False, False]]
+    assert unstructured_mask(weight, 0.25).tolist() == [[True, True, False, True]]
 
 
 def test_masks_do_not_modify_the_scores_and_accept_any_float_dtype():

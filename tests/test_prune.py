@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from sparsity_lab.pruning import prune
@@ -16,9 +18,32 @@ def test_magnitude_mask_drops_exactly_the_requested_count(sparsity):
         assert weight.abs()[mask].min() >= weight.abs()[~mask].max()
 
 
-def test_ties_are_broken_by_position():
+def test_ties_keep_the_lower_flat_index():
     mask = prune.magnitude_mask(torch.ones(6), 0.5)
-    assert mask.tolist() == [False, False, False, True, True, True]
+    assert mask.tolist() == [True, True, True, False, False, False]
+    assert prune.magnitude_mask(torch.tensor([1.0, -1.0, 2.0, -2.0]), 0.5).tolist() == [False, False, True, True]
+    assert prune.topk_mask(torch.tensor([[-0.0, 0.0], [0.0, -0.0]]), 0.5).tolist() == [[True, True], [False, False]]
+    assert prune.topk_mask(torch.zeros(5), 0.4).tolist() == [True, True, True, False, False]
+
+
+@given(st.lists(st.sampled_from([-0.0, 0.0, 1.0, 3.0]), min_size=1, max_size=40),
+       st.floats(min_value=0.0, max_value=0.99, allow_nan=False))
+def test_topk_mask_keeps_the_first_entries_of_a_stable_descending_order(values, sparsity):
+    scores = torch.tensor(values)
+    n_keep = len(values) - round(sparsity * len(values))
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))  # higher first, then the lower index
+    assert prune.topk_mask(scores, sparsity).tolist() == [i in order[:n_keep] for i in range(len(values))]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                                   torch.uint32, torch.uint64])
+def test_integer_weights_rank_by_exact_magnitude_down_to_the_dtype_minimum(dtype):
+    info = torch.iinfo(dtype)
+    weight = torch.tensor([min(info.max, 2**53), 1, info.min, 0], dtype=dtype)
+    assert prune.magnitudes(weight).tolist() == [float(min(info.max, 2**53)), 1.0, float(abs(info.min)), 0.0]
+    signed = info.min < 0
+    assert prune.magnitude_mask(weight, 0.75).tolist() == [not signed, False, signed, False]
+    assert prune.topk_mask(weight, 0.75).tolist() == [True, False, False, False]
 
 
 @pytest.mark.parametrize("bad", [-0.01, 1.0, 2.0, float("nan")])

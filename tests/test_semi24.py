@@ -320,6 +320,60 @@ def test_prune_handles_int8_extremes_and_scores():
     assert semi24.prune(torch.randn(3, 2, 8)).shape == (3, 2, 8)
 
 
+INTEGERS = [d for d in SIMPLE if not d.is_floating_point]
+
+
+@pytest.mark.parametrize("dtype", INTEGERS)
+def test_prune_ranks_every_integer_minimum_as_the_largest_magnitude(dtype):
+    info = torch.iinfo(dtype)
+    weight = torch.tensor([[1, info.min, min(info.max, 2**53), 1, 0, 0, info.min, 0]], dtype=dtype)
+    if info.min < 0:  # |min| = max + 1 is the largest magnitude (an integer abs() wraps it to min)
+        one_of_4, two_of_4 = [0, 1, 0, 0, 0, 0, 1, 0], [0, 1, 1, 0, 1, 0, 1, 0]
+    else:  # min is 0: the tied 1s and 0s keep their lower column
+        one_of_4, two_of_4 = [0, 0, 1, 0, 1, 0, 0, 0], [1, 0, 1, 0, 1, 1, 0, 0]
+    assert semi24.prune(weight, "1:4").int().tolist() == [one_of_4]
+    assert semi24.prune(weight).int().tolist() == [two_of_4]
+
+
+def test_prune_keeps_the_first_two_of_an_all_zero_group():
+    zeros = torch.tensor([[0.0, -0.0, -0.0, 0.0, -0.0, -0.0, -0.0, -0.0]])
+    assert semi24.prune(zeros).tolist() == [[True, True, False, False] * 2]
+    assert torch.equal(bits(semi24.sparsify(zeros)), bits(torch.tensor([[0.0, -0.0, 0.0, 0.0, -0.0, -0.0, 0.0, 0.0]])))
+    assert semi24.prune(torch.zeros(2, 8, dtype=torch.int8), "1:2").tolist() == [[True, False] * 4] * 2
+
+
+@given(st.data())
+def test_prune_sparsify_and_the_training_mask_are_nm_mask_bit_for_bit(data):
+    from sparsity_lab.patterns.masks import nm_mask
+    from sparsity_lab.pruning.prune import magnitudes
+    from sparsity_lab.training.masks import sparse24_mask
+
+    dtype = data.draw(st.sampled_from(SIMPLE))
+    pattern = data.draw(st.sampled_from(["2:4", "1:2", "1:4", "3:4", "4:8"]))
+    n, m = semi24.parse_pattern(pattern)
+    rows, cols = data.draw(st.integers(1, 5)), m * data.draw(st.integers(1, 4))
+    if dtype.is_floating_point:
+        pool = [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5]
+    else:
+        info = torch.iinfo(dtype)
+        pool = sorted({0, 1, info.max, info.min, max(info.min, -1), min(info.max, 2**53)})
+    weight = torch.tensor(data.draw(st.lists(st.sampled_from(pool), min_size=rows * cols, max_size=rows * cols)),
+                          dtype=torch.float64 if dtype.is_floating_point else torch.int64)
+    weight = weight.to(dtype).reshape(rows, cols)
+    mask = semi24.prune(weight, pattern)
+    magnitude = torch.tensor([abs(v) for v in weight.reshape(-1).tolist()], dtype=torch.float64)
+    a = magnitude.reshape(rows, cols // m, m).unsqueeze(-1)
+    lower = torch.ones(m, m, dtype=torch.bool).tril(-1)  # lower[i, j]: j < i
+    beats = (a.transpose(-1, -2) > a) | ((a.transpose(-1, -2) == a) & lower)  # [.., i, j]: j outranks i
+    assert torch.equal(mask, (beats.sum(-1) < n).reshape(rows, cols)), "keep fewer-than-n outranked; ties: lower"
+    assert torch.equal(mask, nm_mask(magnitudes(weight), n, m))
+    kept = semi24.sparsify(weight, pattern)
+    assert torch.equal(bits(kept) if dtype.is_floating_point else kept,
+                       bits(torch.where(mask, weight, 0)) if dtype.is_floating_point else weight * mask)
+    if pattern == "2:4":
+        assert torch.equal(sparse24_mask(weight, "recompress"), mask)
+
+
 def test_sparsify_sets_dropped_entries_to_positive_zero():
     weight = torch.tensor([[-1.0, -2.0, -3.0, -4.0]])
     assert torch.equal(bits(semi24.sparsify(weight)), bits(torch.tensor([[0.0, 0.0, -3.0, -4.0]])))
@@ -345,7 +399,7 @@ def test_prune_rejects_bad_input(bad, match):
         semi24.prune(bad)
 
 
-@pytest.mark.parametrize("pattern", ["2-4", "5:4", "0:4"])
+@pytest.mark.parametrize("pattern", ["2-4", "5:4", "0:4", "4:4"])
 def test_prune_rejects_bad_patterns(pattern):
     with pytest.raises(ValueError, match="pattern"):
         semi24.prune(torch.randn(4, 4), pattern)

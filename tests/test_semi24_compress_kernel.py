@@ -34,6 +34,23 @@ def _weight(shape, dtype, seed):
     return w
 
 
+def _mask_weight(dtype: torch.dtype, tied: bool, seed: int) -> torch.Tensor:
+    """A (64, 128) weight whose kernel mask can be read back: no +0.0 (floats) and no zeros (int8), so an entry is
+    kept exactly where the pruned output has its bits. `tied` draws from a few magnitudes of both signs (all-zero
+    -0.0 groups, +-x ties, int8's -128 against 127)."""
+    gen = torch.Generator().manual_seed(seed)
+    if dtype == torch.int8:
+        pool = torch.tensor([-128, 127, -127, 1, -1, 5, -5] if tied else list(range(-128, 0)) + list(range(1, 128)))
+        return pool[torch.randint(0, len(pool), (64, 128), generator=gen)].to(dtype)
+    if tied:
+        pool = torch.tensor([-0.0, 1.0, -1.0, 2.0, -2.0, 65504.0 if dtype == torch.float16 else 3.0])
+        w = pool[torch.randint(0, len(pool), (64, 128), generator=gen)].to(dtype)
+        w[3] = -0.0  # a row of all-zero groups
+        return w
+    w = torch.randn(64, 128, generator=gen).to(dtype)
+    return torch.where(w == 0, torch.tensor(-0.0, dtype=dtype), w)
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -58,6 +75,22 @@ def _run_cases() -> dict[str, dict[str, bool]]:
                                   "meta": meta.dtype == ref_meta.dtype and torch.equal(meta, ref_meta),
                                   "equals semi24.compress": _same_bits(values, our_values)
                                   and torch.equal(meta, our_meta)}
+    from sparsity_lab.patterns.masks import nm_mask
+    from sparsity_lab.pruning.prune import magnitudes
+    from sparsity_lab.training.masks import sparse24_mask
+
+    for name in ("float16", "bfloat16", "int8"):
+        for tied in (False, True):
+            w = _mask_weight(getattr(torch, name), tied, seed=7)
+            pruned = k24.prune_and_compress(w, return_pruned=True)[2]
+            bits = {1: torch.int8, 2: torch.int16}[w.element_size()]
+            kernel = pruned.view(bits) == w.view(bits)  # no kept entry's bits equal a dropped entry's +0
+            out[f"mask-{name}-{'tied' if tied else 'random'}"] = {
+                "nm_mask": torch.equal(kernel, nm_mask(magnitudes(w), 2, 4)),
+                "semi24.prune": torch.equal(kernel, semi24.prune(w)),
+                "sparse24_mask recompress": torch.equal(kernel, sparse24_mask(w, "recompress")),
+                "sparsify bits": _same_bits(pruned, sparsify(w)),
+            }
     w = sparsify(_weight((32, 64), torch.float16, seed=3))
     w[5, 8:12] = 0  # fewer than two non-zeros in a group
     values, meta = k24.prune_and_compress(w, prune=False, block_k=64)
@@ -77,8 +110,11 @@ def verdicts() -> dict[str, dict[str, bool]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", [f"{name}-{shape}" for name, shape, _ in CASES] + ["prune=False"])
-def test_kernel_equals_pytorch_cutlass_conversion_bit_for_bit(verdicts, case):
+MASK_CASES = [f"mask-{name}-{kind}" for name in ("float16", "bfloat16", "int8") for kind in ("random", "tied")]
+
+
+@pytest.mark.parametrize("case", [f"{name}-{shape}" for name, shape, _ in CASES] + ["prune=False"] + MASK_CASES)
+def test_kernel_equals_pytorch_cutlass_conversion_and_nm_mask_bit_for_bit(verdicts, case):
     assert verdicts[case] and all(verdicts[case].values()), verdicts[case]
 
 

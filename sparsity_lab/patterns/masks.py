@@ -145,7 +145,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = -1) -> torch.Tensor
     groups = _groups(values, m, dim, "scores")
     kept = torch.sort(groups, dim=-1, descending=True, stable=True).indices[..., :n]  # stable: lower index first
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, kept, True)
-    return keep.reshape(*keep.shape[:-2], -1).movedim(-1, dim).contiguous()
+    return keep.flatten(-2).movedim(-1, dim).contiguous()
 
 
 def _kept(mask_or_tensor: torch.Tensor) -> torch.Tensor:

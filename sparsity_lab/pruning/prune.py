@@ -37,14 +37,14 @@ def check_scores(scores: torch.Tensor, like: torch.Tensor | None = None, name: s
 def ranking_values(scores: torch.Tensor, name: str = "scores") -> torch.Tensor:
     """`scores` checked and detached as float64 with -0.0 made +0.0: the values every mask ranks, so ties are equal.
 
-    float64 holds every float and every integer up to 2**53 exactly (int64 beyond that rounds).
+    float64 holds every float and every integer up to 2**53 exactly (64-bit integers beyond that round).
     """
     check_scores(scores, name=name)
     return scores.detach().to(torch.float64) + 0.0  # -0.0 + 0.0 is +0.0: a radix sort would put -0.0 first
 
 
 def magnitudes(tensor: torch.Tensor) -> torch.Tensor:
-    """|tensor| in float64, exact for integers too, whose own abs() wraps (int8 -128 would stay -128, lowest)."""
+    """|tensor| in float64: exact for integers up to 2**53, where an integer abs() wraps (int8 -128 stays -128)."""
     return tensor.detach().to(torch.float64).abs()
 
 

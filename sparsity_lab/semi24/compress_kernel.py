@@ -1,8 +1,9 @@
 """Prune to 2:4 by magnitude and compress to CUTLASS's layout in one pass (a Triton kernel).
 
 One read of the dense weight, one write of the kept values and of the metadata: each program loads a
-(BLOCK_M, BLOCK_K) tile, ranks the four |w| of every group (the two largest are kept; ties go to the lower
-index, as in `sparsity_lab.pruning.prune.topk_mask`), and writes
+(BLOCK_M, BLOCK_K) tile, ranks the four |w| of every group (the two largest are kept; of equal |w| the lower
+index is kept, so an all-zero group keeps positions 0, 1: the rule of `sparsity_lab.patterns.masks.nm_mask`, which
+the tests check bit for bit), and writes
 
 * ``values``: (m, k/2), the two kept entries of each group in column order;
 * ``meta``: (m, k/16) int16 for 16-bit weights, (m, k/32) int32 for int8, each 4-bit nibble holding the two

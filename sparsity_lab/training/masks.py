@@ -14,6 +14,7 @@ from functools import cache
 import torch
 
 from sparsity_lab._optional import triton_available
+from sparsity_lab.pruning.prune import magnitudes
 from sparsity_lab.semi24.layout import prune as prune_rows
 
 TRANSPOSE_MODES = ("transposable", "recompress")
@@ -50,7 +51,7 @@ def transposable_mask(weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"weight has shape {tuple(weight.shape)}; a transposable 2:4 mask needs both sizes to be "
                          "multiples of 4 (4x4 tiles)")
     work = torch.float64  # exact for every 16-bit weight; a float32 matmul may run in TF32 on CUDA
-    tiles = weight.detach().abs().to(work).reshape(rows // 4, 4, cols // 4, 4).permute(0, 2, 1, 3)
+    tiles = magnitudes(weight).reshape(rows // 4, 4, cols // 4, 4).permute(0, 2, 1, 3)
     patterns = tile_patterns(weight.device, work)
     best = (tiles.reshape(-1, 16) @ patterns.T).argmax(dim=1)  # argmax returns the first maximum
     chosen = patterns[best].reshape(rows // 4, cols // 4, 4, 4).permute(0, 2, 1, 3)
@@ -72,7 +73,8 @@ def is_transposable_24(mask_or_weight: torch.Tensor) -> bool:
 
 
 def sparse24_mask(weight: torch.Tensor, transpose: str = "transposable") -> torch.Tensor:
-    """The training mask for `weight`: transposable 2:4 tiles, or plain 2:4 along rows (``"recompress"``)."""
+    """The training mask for `weight`: transposable 2:4 tiles, or plain 2:4 along rows (``"recompress"``: the
+    `patterns.masks.nm_mask` decision through `semi24.layout.prune`, ties kept at the lower index)."""
     if transpose not in TRANSPOSE_MODES:
         raise ValueError(f"transpose must be one of {TRANSPOSE_MODES}, got {transpose!r}")
     if transpose == "transposable":
