@@ -11,8 +11,11 @@ Raise ValueError when R or C is not a multiple of `block_size`.
 
 `block_mask(weight, block_size, sparsity)`: a boolean mask shaped like `weight` (True = keep) that drops
 exactly round(sparsity * number_of_blocks) whole blocks, those with the smallest L2 norm; when norms tie, the
-block that comes first in row-major block order is dropped first. Raise ValueError when `sparsity` is not in
-[0, 1). Do not modify `weight`.
+block that comes first in row-major block order is kept (the library's one tie rule: the lower index stays).
+Raise ValueError when `sparsity` is not in [0, 1). Do not modify `weight`.
+
+Worked example: a 4 x 8 weight of ones has eight 2 x 2 blocks of equal norm; at sparsity 0.5 the mask keeps the
+four blocks of the top block-row and drops the four of the bottom one.
 
 Hint: `weight.reshape(R // bs, bs, C // bs, bs)` puts each block's entries on axes 1 and 3;
 `repeat_interleave` turns a block mask back into an element mask.

@@ -9,7 +9,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     magnitudes = weight.detach().abs().reshape(-1)
     n_prune = round(sparsity * magnitudes.numel())
-    keep = torch.ones_like(magnitudes, dtype=torch.bool)
-    # argsort puts the smallest magnitudes first; those are the ones to drop.
-    keep[torch.argsort(magnitudes, stable=True)[:n_prune]] = False
+    keep = torch.zeros_like(magnitudes, dtype=torch.bool)
+    # a stable descending sort puts the largest magnitudes first (ties: the lower index first); keep those
+    keep[torch.argsort(magnitudes, descending=True, stable=True)[: magnitudes.numel() - n_prune]] = True
     return keep.reshape(weight.shape)

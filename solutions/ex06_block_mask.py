@@ -18,8 +18,8 @@ def block_mask(weight: torch.Tensor, block_size: int, sparsity: float) -> torch.
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     norms = block_norms(weight, block_size)
     flat = norms.reshape(-1)
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    # A stable sort keeps row-major order among equal norms, so the earlier block is dropped first.
-    keep[torch.argsort(flat, stable=True)[: round(sparsity * flat.numel())]] = False
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    # A stable descending sort keeps row-major order among equal norms, so the earlier block is kept.
+    keep[torch.argsort(flat, descending=True, stable=True)[: flat.numel() - round(sparsity * flat.numel())]] = True
     keep = keep.reshape(norms.shape)
     return keep.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)

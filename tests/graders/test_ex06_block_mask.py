@@ -58,10 +58,10 @@ def test_uses_the_norm_not_the_signed_sum(exercise):
     assert mask[:, 0:4].all() and not mask[:, 4:8].any()
 
 
-def test_ties_drop_the_earlier_block_first(exercise):
+def test_ties_keep_the_earlier_block(exercise):
     mask = exercise.block_mask(torch.ones(4, 8), 2, 0.5)
     kept_blocks = mask[::2, ::2]
-    assert kept_blocks.tolist() == [[False, False, False, False], [True, True, True, True]]
+    assert kept_blocks.tolist() == [[True, True, True, True], [False, False, False, False]]
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 2.0])
