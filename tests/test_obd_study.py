@@ -25,9 +25,9 @@ def test_lbfgs_drives_the_squared_error_down_and_keeps_masks(setting):
     assert history[-1] < 0.1 * history[0]
     masked = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).double()
     masked.load_state_dict(model.state_dict())
-    from sparsity_lab.pruning.prune import prune_by_magnitude
+    from sparsity_lab import PruneConfig, sparsify_
 
-    prune_by_magnitude(masked, 0.5)
+    sparsify_(masked, PruneConfig(sparsity=0.5))
     obd_study.train_lbfgs(masked, x, y, steps=20)
     assert (masked[0].weight == 0).float().mean() == 0.5
 

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sparsity_lab import PruneConfig, sparsify_
 from sparsity_lab.course.models import DigitsMLP
 from sparsity_lab.patterns.masks import (
     Pattern,
@@ -16,7 +17,6 @@ from sparsity_lab.patterns.masks import (
     nm_mask,
     parse_pattern,
     pattern_masks,
-    prune_with_pattern,
     row_mask,
     unstructured_mask,
 )
@@ -241,10 +241,10 @@ def test_strict_accepts_what_the_pattern_can_hit():
     assert sparsity_of(mask) == 0.25
 
 
-def test_prune_with_pattern_masks_a_model_and_names_a_layer_it_cannot_tile():
+def test_pattern_pruning_masks_a_model_and_names_a_layer_it_cannot_tile():
     torch.manual_seed(0)
     model = DigitsMLP(hidden=32)
-    prune_with_pattern(model, "2:4", None)
+    sparsify_(model, PruneConfig(pattern="2:4", sparsity=None))
     for layer in (model.net[1], model.net[3], model.net[5]):
         assert is_nm(layer.weight, 2, 4)
     with pytest.raises(ValueError, match=r"layer 'net.5': block \(8, 8\) does not tile .*\(10, 32\)"):

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from sparsity_lab import PruneConfig, sparsify_
 from sparsity_lab.pruning import prune
 
 
@@ -82,9 +83,9 @@ def test_masked_weights_stay_zero_through_training_and_after_make_permanent():
     assert prune.sparsity_of(layer.weight) == pytest.approx(0.75)
 
 
-def test_prune_by_magnitude_masks_every_prunable_layer():
+def test_magnitude_pruning_masks_every_prunable_layer():
     model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
-    prune.prune_by_magnitude(model, 0.5)
+    sparsify_(model, PruneConfig(sparsity=0.5))
     assert [prune.sparsity_of(m.weight) for m in prune.prunable_layers(model).values()] == [0.5, 0.5]
 
 
@@ -172,7 +173,7 @@ def test_iterative_prune_rescores_finetunes_and_reports_each_round():
 
 def test_sparsity_report_and_its_table():
     model = _net()
-    prune.prune_by_magnitude(model, 0.5)
+    sparsify_(model, PruneConfig(sparsity=0.5))
     rows = prune.sparsity_report(model)
     assert [r["layer"] for r in rows] == ["0", "2", "total"]
     assert rows[-1] == {"layer": "total", "shape": (), "weights": 50, "zeros": 25, "sparsity": 0.5}
@@ -183,9 +184,9 @@ def test_a_deep_copy_of_a_pruned_model_can_be_pruned_again_without_breaking_the_
     import copy
 
     model = _net()
-    prune.prune_by_magnitude(model, 0.5)
+    sparsify_(model, PruneConfig(sparsity=0.5))
     twin = copy.deepcopy(model)
-    prune.prune_by_magnitude(twin, 0.8)
+    sparsify_(twin, PruneConfig(sparsity=0.8))
     x = torch.randn(3, 6)
     model(x), twin(x)
     assert prune.sparsity_of(model[0].weight) == 0.5 and prune.sparsity_of(twin[0].weight) == pytest.approx(0.8)

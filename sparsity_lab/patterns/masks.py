@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from sparsity_lab.pruning.prune import (
-    apply_mask,
     check_scores,
     check_sparsity,
     prunable_layers,
@@ -51,7 +50,6 @@ __all__ = [
     "nm_mask",
     "parse_pattern",
     "pattern_masks",
-    "prune_with_pattern",
     "row_mask",
     "slice_mask",
     "unstructured_mask",
@@ -368,17 +366,3 @@ def pattern_masks(
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err}") from err
     return masks
-
-
-def prune_with_pattern(
-    model: nn.Module,
-    pattern: str | Pattern,
-    sparsity: float | None,
-    layers: Iterable[str] | None = None,
-    scope: str = "layer",
-) -> nn.Module:
-    """Attach `pattern_masks(...)` to `model`'s layers in place (through parametrize) and return the model."""
-    modules = dict(model.named_modules())
-    for name, mask in pattern_masks(model, pattern, sparsity, layers, scope).items():
-        apply_mask(modules[name], mask)
-    return model

@@ -110,13 +110,6 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
 
 
-def prune_by_magnitude(model: nn.Module, sparsity: float) -> nn.Module:
-    """Mask each prunable layer's weight at `sparsity` by magnitude (per layer), in place."""
-    for module in prunable_layers(model).values():
-        apply_mask(module, magnitude_mask(module.weight, sparsity))
-    return model
-
-
 def sparsity_of(tensor: torch.Tensor) -> float:
     """The fraction of entries that are exactly zero."""
     return float((tensor == 0).sum()) / max(tensor.numel(), 1)

@@ -9,12 +9,19 @@ from torch import nn
 
 from sparsity_lab.course.data import Digits
 from sparsity_lab.course.train import evaluate, fit
-from sparsity_lab.pruning.prune import make_permanent, prune_by_magnitude
+from sparsity_lab.pruning.prune import make_permanent
+from sparsity_lab.sparsify import PruneConfig, sparsify_
 
 Pruner = Callable[[nn.Module, float], nn.Module]
 
 
-def pruned_copy(model: nn.Module, sparsity: float, pruner: Pruner = prune_by_magnitude) -> nn.Module:
+def by_magnitude(model: nn.Module, sparsity: float) -> nn.Module:
+    """The default pruner: `sparsify_(model, PruneConfig(sparsity))` (magnitude, per layer), returning the model."""
+    sparsify_(model, PruneConfig(sparsity=sparsity))
+    return model
+
+
+def pruned_copy(model: nn.Module, sparsity: float, pruner: Pruner = by_magnitude) -> nn.Module:
     """A deep copy of `model` pruned by `pruner` at `sparsity` (masks attached, so it can be fine-tuned)."""
     return pruner(copy.deepcopy(model), sparsity)
 
@@ -23,7 +30,7 @@ def sparsity_sweep(
     model: nn.Module,
     data: Digits,
     sparsities: Iterable[float],
-    pruner: Pruner = prune_by_magnitude,
+    pruner: Pruner = by_magnitude,
     finetune_epochs: int = 0,
     seed: int = 0,
 ) -> list[dict[str, float]]:
