@@ -504,3 +504,12 @@ def test_memory_of_the_compressed_form():
                          (torch.int8, 0.625)]:
         dense = torch.zeros(64, 128, dtype=dtype)
         assert semi24.nbytes(*semi24.compress(dense)) / (dense.numel() * dense.element_size()) == ratio
+
+
+@pytest.mark.parametrize(("values_dtype", "other_dtype"), [(torch.int8, torch.float32), (torch.float16, torch.int8)])
+def test_matmul_refuses_integer_times_float(values_dtype, other_dtype):
+    dense = semi24.sparsify(torch.randint(-9, 9, (32, 64)).to(values_dtype))
+    values, meta = semi24.compress(dense)
+    other = torch.randint(-3, 3, (64, 4)).to(other_dtype) + (0.5 if other_dtype.is_floating_point else 0)
+    with pytest.raises(TypeError, match="multiply integers by integers"):
+        semi24.matmul(values, meta, other)

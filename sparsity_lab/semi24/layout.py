@@ -407,6 +407,9 @@ def matmul(values: torch.Tensor, meta: torch.Tensor, other: torch.Tensor, layout
     if other2.dim() != 2 or other2.shape[0] != 4 * groups:
         raise ValueError(f"other must be ({4 * groups},) or ({4 * groups}, n) to multiply a "
                          f"({rows}, {4 * groups}) matrix, got shape {tuple(other.shape)}")
+    if values.dtype.is_floating_point != other.dtype.is_floating_point:
+        raise TypeError(f"values are {values.dtype} and other is {other.dtype}: multiply integers by integers "
+                        "(quantize other first) or floats by floats; a mixed product would truncate one side")
     if values.dtype.is_floating_point:
         accumulate = torch.float64 if values.dtype == torch.float64 else torch.float32
     else:
