@@ -32,7 +32,7 @@ from sparsity_lab.checks import relative_error
 from sparsity_lab.course.results import RECORDED_DIR, record_environment, save_results
 from sparsity_lab.timing import loop_ms, resolve_device
 from sparsity_lab.training.layer import SparseMLP
-from sparsity_lab.training.masks import sparse_pair
+from sparsity_lab.training.pair import sparse_pair
 
 NAME = "sparse_training_gpu"
 VARIANTS = ("dynamic", "fixed mask", "kernels only")

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsity_lab.training.masks import TRANSPOSE_MODES, masked, sparse24_mask, sparse_pair
+from sparsity_lab.training.masks import TRANSPOSE_MODES, masked, sparse24_mask
+from sparsity_lab.training.pair import sparse_pair
 
 MASK_MODES = ("dynamic", "fixed")
 BACKENDS = ("auto", "dense", "cusparselt")
