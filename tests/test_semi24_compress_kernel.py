@@ -139,7 +139,7 @@ def test_bad_dtype_and_shapes_are_named():
     with pytest.raises(ValueError, match="multiple of 64"):
         k24.prune_and_compress(torch.zeros(16, 96, dtype=torch.int8))
     with pytest.raises(ValueError, match="2-D"):
-        k24.check_shape((4, 32, 32), torch.float16)
+        k24.check_dense((4, 32, 32), torch.float16)
 
 
 if __name__ == "__main__":
