@@ -35,6 +35,7 @@ from torch import nn
 from sparsity_lab.pruning.prune import (
     check_scores,
     check_sparsity,
+    magnitudes,
     prunable_layers,
     ranking_values,
     topk_mask,
@@ -352,7 +353,7 @@ def pattern_masks(
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(f"layers {unknown} are not prunable layers of the model; prunable: {list(available)}")
-    scores = {name: available[name].weight.detach().abs() for name in names}
+    scores = {name: magnitudes(available[name].weight) for name in names}
     if scope == "global":
         if pattern.kind != "unstructured":
             raise ValueError(f"scope='global' needs the unstructured pattern, got {pattern.name!r}")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sparsity_lab.pruning.hessian import hessian_diagonal, layer_hessian, weight_params
-from sparsity_lab.pruning.prune import apply_mask, check_scores, prunable_layers
+from sparsity_lab.pruning.prune import apply_mask, check_scores, magnitudes, prunable_layers
 
 Scores = dict[str, torch.Tensor]
 
@@ -28,8 +28,8 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def magnitude(model: nn.Module) -> Scores:
-    """|w| for every prunable weight."""
-    return {name: w.abs().clone() for name, w in _weights(model).items()}
+    """|w| for every prunable weight (float64 for integer weights, whose abs() would wrap at the minimum)."""
+    return {name: w.abs().clone() if w.is_floating_point() else magnitudes(w) for name, w in _weights(model).items()}
 
 
 def random(model: nn.Module, seed: int = 0) -> Scores:
