@@ -17,6 +17,8 @@ from torch.nn.utils import parametrize
 
 def check_sparsity(sparsity: float) -> float:
     """Return `sparsity` as a float, or raise if it is not a fraction in [0, 1)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1) (the share of weights removed), got {sparsity!r}")
     value = float(sparsity)
     if not (0.0 <= value < 1.0) or math.isnan(value):
         raise ValueError(f"sparsity must be a fraction in [0, 1) (the share of weights removed), got {sparsity!r}")
@@ -81,7 +83,12 @@ class Mask(nn.Module):
 
 def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> nn.Module:
     """Attach `mask` to `module.<name>` through parametrize; a mask already there is replaced."""
-    weight = getattr(module, name)
+    weight = getattr(module, name, None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"module {type(module).__name__} has no tensor {name!r} to mask")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        what = f"a {mask.dtype} tensor" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a boolean torch.Tensor (True = keep) shaped like {name}, got {what}")
     if mask.shape != weight.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)} but {name} has shape {tuple(weight.shape)}")
     if parametrize.is_parametrized(module, name):
@@ -105,9 +112,15 @@ def make_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The Linear and Conv layers of `model`, by qualified name: the layers whose weights we prune."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+def prunable_layers(model: nn.Module, required: bool = False) -> dict[str, nn.Module]:
+    """The Linear and Conv layers of `model`, by qualified name: the layers whose weights we prune (`required`:
+    a model without any is a ValueError)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    if required and not layers:
+        raise ValueError(f"model ({type(model).__name__}) has no prunable layer (nn.Linear, nn.Conv1d, nn.Conv2d)")
+    return layers
 
 
 def sparsity_of(tensor: torch.Tensor) -> float:
@@ -171,7 +184,7 @@ def prune_by_scores(
     Weights already masked stay masked (they rank below all others), so repeated calls with growing sparsity
     implement a schedule. In place; returns the model.
     """
-    layers = prunable_layers(model)
+    layers = prunable_layers(model, required=True)
     if set(scores) != set(layers):
         raise KeyError(f"scores must name exactly the prunable layers {sorted(layers)}, got {sorted(scores)}")
     for name, module in layers.items():
@@ -213,13 +226,13 @@ def iterative_prune(
     """Prune -> fine-tune rounds: at each sparsity of `schedule`, rescore with `scorer(model)`, prune (pruned weights
     stay pruned), then `finetune(model)` if given. In place; returns one row per round (sparsity, and `evaluate`'s
     numbers measured after the round's fine-tuning)."""
-    rows = []
-    previous = 0.0
-    for sparsity in schedule:
-        sparsity = check_sparsity(sparsity)
+    prunable_layers(model, required=True)
+    schedule = [check_sparsity(sparsity) for sparsity in schedule]  # the whole schedule, before any change
+    for previous, sparsity in zip(schedule, schedule[1:], strict=False):
         if sparsity < previous:
             raise ValueError(f"schedule must not decrease, got {previous} then {sparsity}")
-        previous = sparsity
+    rows = []
+    for sparsity in schedule:
         prune_by_scores(model, scorer(model), sparsity, scope)
         if finetune is not None:
             finetune(model)
