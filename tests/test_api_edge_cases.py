@@ -81,7 +81,7 @@ def test_models_with_no_prunable_layer_are_named(call):
 def test_a_bad_schedule_is_refused_before_the_first_round():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
     before = _state(model)
-    scorer = lambda m: {n: l.weight.detach().abs() for n, l in prune.prunable_layers(m).items()}  # noqa: E731
+    scorer = lambda m: {n: layer.weight.detach().abs() for n, layer in prune.prunable_layers(m).items()}  # noqa: E731
     with pytest.raises(ValueError, match="schedule must not decrease"):
         prune.iterative_prune(model, scorer, [0.5, 0.7, 0.6])
     with pytest.raises(ValueError, match=r"sparsity must be a fraction in \[0, 1\)"):
