@@ -15,7 +15,18 @@ def test_diagnosis_on_this_machine_is_consistent():
     assert modes["00_tour"] == "live"
     if "cuda" not in found.capabilities:
         assert found.cuda_capability is None and not found.cutlass_24
-        assert modes["05_semi_structured"].startswith("recorded GPU results (needs cuda")
+        assert modes["04_gpu_structure"].startswith("recorded GPU results (live with cuda")
+        assert modes["05_semi_structured"].startswith("live; its GPU measurements show recorded results")
+
+
+def test_lecture_verdicts_follow_what_each_lecture_needs():
+    base = dict(python="3", torch="2", device="cpu", cuda_capability=None, cusparselt=None, cusparselt_library=None)
+    bare = doctor.Diagnosis(triton=None, **base).lecture_modes()
+    assert bare["06_block_sparsity"].startswith("cannot run here: needs triton")
+    assert bare["08_sparse_training"] == ("live; its GPU measurements show recorded results "
+                                          "(live with cuda, cusparselt, triton)")
+    gpu = doctor.Diagnosis(triton="3", capabilities={"cuda", "cusparselt", "triton"}, **base).lecture_modes()
+    assert set(gpu.values()) == {"live"}
 
 
 def test_cutlass_24_only_on_sm8x():

@@ -12,21 +12,34 @@ import torch
 
 from sparsity_lab.course.results import cusparselt_version, triton_version
 
-# What each lecture needs to run all of its cells live; without it the lecture shows recorded results.
-LECTURE_NEEDS: dict[str, tuple[str, ...]] = {
-    "00_tour": (),
-    "01_pruning_obd": (),
-    "02_patterns": (),
-    "03_formats": (),
-    "04_gpu_structure": ("cuda",),
-    "05_semi_structured": ("cuda", "cusparselt"),
-    "06_block_sparsity": ("cuda", "triton"),
-    "07_sparsity_quantization": ("cuda", "cusparselt"),
-    "08_sparse_training": ("cuda", "cusparselt"),
+
+
+@dataclass(frozen=True)
+class LectureNeeds:
+    """What a lecture needs: `required` to run at all; `gpu` for its GPU measurements to run live (without it
+    they show recorded results, labelled); `cpu_part`: whether anything but those measurements runs live."""
+
+    required: tuple[str, ...] = ()
+    gpu: tuple[str, ...] = ()
+    cpu_part: bool = True
+
+
+LECTURE_NEEDS: dict[str, LectureNeeds] = {
+    "00_tour": LectureNeeds(),
+    "01_pruning_obd": LectureNeeds(),
+    "02_patterns": LectureNeeds(),
+    "03_formats": LectureNeeds(),
+    "04_gpu_structure": LectureNeeds(gpu=("cuda", "cusparselt"), cpu_part=False),
+    "05_semi_structured": LectureNeeds(gpu=("cuda", "cusparselt", "triton")),
+    "06_block_sparsity": LectureNeeds(required=("triton",), gpu=("cuda",)),  # the kernel runs interpreted on a CPU
+    "07_sparsity_quantization": LectureNeeds(gpu=("cuda", "cusparselt", "triton")),
+    "08_sparse_training": LectureNeeds(gpu=("cuda", "cusparselt", "triton")),
 }
 
 
 NO_TRITON = 'not installed (pip install "sparsity_lab[gpu]")'
+INSTALL = {"triton": 'pip install "sparsity_lab[gpu]" on Linux', "cuda": "an NVIDIA GPU",
+           "cusparselt": "PyTorch's CUDA build brings it"}
 
 
 def find_cusparselt_library() -> Path | None:
@@ -59,11 +72,19 @@ class Diagnosis:
         return self.cuda_capability is not None and self.cuda_capability[0] == 8
 
     def lecture_modes(self) -> dict[str, str]:
-        """'live' or 'recorded (needs ...)' for each lecture."""
+        """For each lecture: whether it runs here, and which of its parts run live or show recorded results."""
         modes = {}
         for lecture, needs in LECTURE_NEEDS.items():
-            missing = [n for n in needs if n not in self.capabilities]
-            modes[lecture] = "live" if not missing else f"recorded GPU results (needs {', '.join(missing)})"
+            required = [n for n in needs.required if n not in self.capabilities]
+            gpu = [n for n in needs.gpu if n not in self.capabilities]
+            if required:
+                modes[lecture] = f"cannot run here: needs {', '.join(required)} ({INSTALL[required[0]]})"
+            elif not gpu:
+                modes[lecture] = "live"
+            elif needs.cpu_part:
+                modes[lecture] = f"live; its GPU measurements show recorded results (live with {', '.join(gpu)})"
+            else:
+                modes[lecture] = f"recorded GPU results (live with {', '.join(gpu)})"
         return modes
 
     def report(self) -> str:
