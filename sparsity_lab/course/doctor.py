@@ -13,7 +13,6 @@ import torch
 from sparsity_lab.course.results import cusparselt_version, triton_version
 
 
-
 @dataclass(frozen=True)
 class LectureNeeds:
     """What a lecture needs: `required` to run at all; `gpu` for its GPU measurements to run live (without it
