@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparsity_lab.semi24.layer import DEFAULT_DISPATCHER, Dispatcher
+from sparsity_lab.dispatch import Dispatcher
+from sparsity_lab.semi24.layer import DEFAULT_DISPATCHER
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -230,9 +231,9 @@ class Semi24Config(_LinearSwap):
     dispatcher: Dispatcher | None = field(default_factory=lambda: DEFAULT_DISPATCHER)
 
     def check(self) -> None:
-        from sparsity_lab.semi24.layer import BACKENDS
+        from sparsity_lab.semi24.matmul import SPARSE_PATHS
 
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, SPARSE_PATHS)
 
     def unfit(self, linear: nn.Module) -> str | None:
         if linear.in_features % 64 or linear.out_features % 64:
@@ -281,13 +282,13 @@ class BlockSparseConfig(_LinearSwap):
     backend: str = "auto"
 
     def check(self) -> None:
-        from sparsity_lab.block.layer import BACKENDS
+        from sparsity_lab.block.layer import BLOCK_BACKENDS
 
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
         if not 0.0 <= self.max_density <= 1.0:
             raise ValueError(f"max_density must be in [0, 1], got {self.max_density!r}")
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, BLOCK_BACKENDS)
 
     def unfit(self, linear: nn.Module) -> str | None:
         if any(side % self.block_size for side in linear.weight.shape):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from sparsity_lab import timing
 from sparsity_lab.course.cli import BENCHMARKS
 from sparsity_lab.course.results import load_results
 from sparsity_lab.gpu import bench as gpu_structure
@@ -77,6 +78,27 @@ def test_recorded_rows_agree_with_themselves(recorded):
 def test_recorded_int8_is_exact_where_the_output_is_integer(recorded):
     for r in recorded.figures["int8"]:
         assert r["int32_relerr"] == 0.0 and r["int8_relerr"] == 0.0 and r["bfloat16_relerr"] < 1e-2
+
+
+def test_cpu_timings_warm_up_first_then_count_every_call():
+    calls = []
+
+    def fn():
+        calls.append(1)
+
+    assert timing.loop_ms(fn, calls=3, trials=2, device="cpu") >= 0 and len(calls) == 1 + 3 * 2
+    calls.clear()
+    assert timing.host_us(fn, calls=1, trials=7, device="cpu") >= 0 and len(calls) == 1 + 7
+    calls.clear()
+    assert timing.bench_ms(fn, "cpu", warmup_ms=0.0, rep_ms=0.0) >= 0 and len(calls) == 1 + 3 + 10
+
+
+def test_gpu_structure_runs_on_the_cpu_as_lecture_04_does():
+    figures = gpu_structure.run(m=16, k=32, n=32, dtype=torch.float32, sparsities=(0.5,), device="cpu",
+                                log=lambda line: None)
+    (row,) = figures["rows"]
+    assert figures["dense_ms"] > 0 and row["csr_ms"] > 0 and row["row_pruned_ms"] > 0 and row["csr_relerr"] < 1e-5
+    assert "semi24_ms" not in row  # 2:4 needs a GPU
 
 
 def test_gpu_structure_recorded_shows_rows_beat_unstructured():

@@ -1,4 +1,5 @@
-"""BlockSparseMatrix storage, BlockSparseLinear, the model swap and the dispatcher (CPU paths; GPU ones marked)."""
+"""Block-sparse storage (`formats.BSR` with square blocks, padding, block masks), BlockSparseLinear, the model swap and
+the dispatcher (CPU paths; GPU ones marked)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsity_lab.block.layer import (
-    BlockSparseLinear,
-    BlockSparseMatrix,
-    Dispatcher,
-    block_view,
-)
+from sparsity_lab.block.layer import BLOCK_BACKENDS, DEFAULT_DISPATCHER, BlockKey, BlockSparseLinear
+from sparsity_lab.dispatch import Dispatcher
+from sparsity_lab.formats.matrices import BSR, block_view
 from sparsity_lab.sparsify import BlockSparseConfig, sparsify_
 
 
@@ -28,10 +26,12 @@ def block_sparse_weight(rows: int, cols: int, bs: int, density: float, seed: int
        density=st.floats(0.0, 1.0), seed=st.integers(0, 10**6))
 def test_round_trip_with_padding_is_exact(rows, cols, bs, density, seed):
     w = block_sparse_weight(rows, cols, bs, density, seed)
-    bsr = BlockSparseMatrix.from_dense(w, bs, pad=True)
-    assert torch.equal(bsr.to_dense(), w)
+    bsr = BSR.from_dense(w, bs, index_dtype=torch.int32, pad=True)
+    assert bsr.shape == (-(-rows // bs) * bs, -(-cols // bs) * bs) and bsr.block_size == bs
+    assert torch.equal(bsr.to_dense()[:rows, :cols], w) and not bsr.to_dense()[rows:].any()
+    assert not bsr.to_dense()[:, cols:].any()
     kept = (block_view(w, bs, pad=True) != 0).flatten(2).any(-1)
-    assert bsr.nnz_blocks == int(kept.sum())
+    assert bsr.n_blocks == int(kept.sum())
     assert bsr.density == pytest.approx(kept.float().mean().item())
     assert bsr.crow_indices.dtype == bsr.col_indices.dtype == torch.int32
 
@@ -41,43 +41,81 @@ def test_layout_is_block_rows_with_ascending_columns():
     w[0:2, 4:6] = 1.0
     w[0:2, 0:2] = 2.0
     w[2:4, 2:4] = 3.0
-    bsr = BlockSparseMatrix.from_dense(w, 2)
+    bsr = BSR.from_dense(w, 2)
     assert bsr.crow_indices.tolist() == [0, 2, 3]
     assert bsr.col_indices.tolist() == [0, 2, 1]
     assert bsr.values[:, 0, 0].tolist() == [2.0, 1.0, 3.0]
 
 
 def test_shape_not_a_multiple_of_the_block_is_refused_without_padding():
-    with pytest.raises(ValueError, match=r"not a multiple of block_size 4 in dim 1 .*pad=True"):
-        BlockSparseMatrix.from_dense(torch.randn(8, 10), 4)
+    with pytest.raises(ValueError, match=r"does not divide shape \(8, 10\): dim 1 .*pad=True"):
+        BSR.from_dense(torch.randn(8, 10), 4)
+    with pytest.raises(ValueError, match=r"does not divide shape \(8, 10\): dim 1 .*pad=True"):
+        BlockSparseLinear.from_linear(nn.Linear(10, 8), 4)
+    assert BlockSparseLinear.from_linear(nn.Linear(10, 8), 4, pad=True).values.shape[1:] == (4, 4)
 
 
 def test_block_mask_keeps_exactly_the_chosen_blocks_even_if_zero():
     w = torch.zeros(4, 4)
     mask = torch.tensor([[True, False], [False, False]])
-    bsr = BlockSparseMatrix.from_dense(w, 2, block_mask=mask)
-    assert bsr.nnz_blocks == 1 and bsr.col_indices.tolist() == [0]
-    with pytest.raises(ValueError, match="block_mask has shape"):
-        BlockSparseMatrix.from_dense(w, 2, block_mask=torch.ones(3, 3, dtype=torch.bool))
+    bsr = BSR.from_dense(w, 2, block_mask=mask)
+    assert bsr.n_blocks == 1 and bsr.col_indices.tolist() == [0]
+    with pytest.raises(ValueError, match=r"block_mask must be one bool per block, \(2, 2\), got \(3, 3\)"):
+        BSR.from_dense(w, 2, block_mask=torch.ones(3, 3, dtype=torch.bool))
 
 
 @pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta")
 def test_interoperates_with_torch_sparse_bsr():
     w = block_sparse_weight(32, 48, 8, 0.4)
-    ours = BlockSparseMatrix.from_dense(w, 8)
+    ours = BSR.from_dense(w, 8, index_dtype=torch.int32)
     theirs = w.to_sparse_bsr((8, 8))
     assert torch.equal(ours.to_torch().to_dense(), w)
-    back = BlockSparseMatrix.from_torch(theirs)
+    back = BSR.from_torch(theirs)
     assert torch.equal(back.to_dense(), w)
-    assert back.nnz_blocks == theirs.values().shape[0]
+    assert back.n_blocks == theirs.values().shape[0] and back.block_size == 8
+    layer = BlockSparseLinear(back)  # torch's int64 indices, stored as the kernel's int32
+    assert layer.crow_indices.dtype == layer.col_indices.dtype == torch.int32
+    assert torch.equal(layer.dense_weight(), w)
 
 
 def test_inconsistent_arrays_are_refused():
-    bsr = BlockSparseMatrix.from_dense(block_sparse_weight(8, 8, 4, 1.0), 4)
-    with pytest.raises(ValueError, match="col_indices must lie"):
-        BlockSparseMatrix(bsr.shape, 4, bsr.crow_indices, bsr.col_indices + 5, bsr.values)
+    bsr = BSR.from_dense(block_sparse_weight(8, 8, 4, 1.0), 4, index_dtype=torch.int32)
+    with pytest.raises(ValueError, match="col_indices out of range"):
+        BSR(bsr.crow_indices, bsr.col_indices + 5, bsr.values, bsr.shape)
     with pytest.raises(ValueError, match="crow_indices must have 3 entries"):
-        BlockSparseMatrix(bsr.shape, 4, bsr.crow_indices[:2], bsr.col_indices, bsr.values)
+        BSR(bsr.crow_indices[:2], bsr.col_indices, bsr.values, bsr.shape)
+
+
+def _two_blocks_in_row_0(col: list[int], crow: list[int]) -> BSR:
+    """A 4 x 8 matrix of 2 x 2 blocks (2 block rows, 4 block columns), two stored blocks, arrays as given."""
+    return BSR(torch.tensor(crow, dtype=torch.int32), torch.tensor(col, dtype=torch.int32), torch.ones(2, 2, 2),
+               (4, 8))
+
+
+def test_duplicate_blocks_and_decreasing_row_pointers_are_refused_on_the_block_sparse_path():
+    assert BlockSparseLinear(_two_blocks_in_row_0([0, 1], [0, 2, 2])).n_blocks == 2  # well formed
+    with pytest.raises(ValueError, match="row 0 has column 1 twice"):
+        BlockSparseLinear(_two_blocks_in_row_0([1, 1], [0, 2, 2]))
+    with pytest.raises(ValueError, match="column 0 after column 1"):
+        BlockSparseLinear(_two_blocks_in_row_0([1, 0], [0, 2, 2]))
+    with pytest.raises(ValueError, match="crow_indices must not decrease"):
+        BlockSparseLinear(BSR(torch.tensor([0, 3, 2], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32),
+                              torch.ones(2, 2, 2), (4, 8)))
+    layer = BlockSparseLinear(_two_blocks_in_row_0([0, 1], [0, 2, 2]))
+    layer.col_indices[1] = 0  # corrupted in place after construction: caught when the dense weight is rebuilt
+    with pytest.raises(ValueError, match="column 0 twice"):
+        layer.dense_weight()
+
+
+def test_the_layer_takes_a_square_block_bsr_of_its_padded_shape():
+    with pytest.raises(TypeError, match="formats.BSR"):
+        BlockSparseLinear(torch.randn(8, 8))
+    with pytest.raises(ValueError, match="not square"):
+        BlockSparseLinear(BSR.from_dense(torch.randn(8, 8), (2, 4)))
+    with pytest.raises(ValueError, match="out_features=3 does not fit a weight of 8 in blocks of 4"):
+        BlockSparseLinear(BSR.from_dense(torch.randn(8, 8), 4), shape=(3, 8))
+    layer = BlockSparseLinear(BSR.from_dense(torch.randn(8, 8), 4, pad=True), shape=(6, 7))
+    assert (layer.out_features, layer.in_features) == (6, 7) and layer.dense_weight().shape == (6, 7)
 
 
 def test_linear_matches_nn_linear_on_cpu():
@@ -89,7 +127,7 @@ def test_linear_matches_nn_linear_on_cpu():
     x = torch.randn(3, 5, 48)
     with torch.no_grad():
         assert torch.allclose(layer(x), linear(x), atol=1e-6)
-    assert layer.density == pytest.approx(BlockSparseMatrix.from_dense(linear.weight, 16).density)
+    assert layer.density == pytest.approx(BSR.from_dense(linear.weight, 16).density)
     assert "block_size=16" in repr(layer)
 
 
@@ -109,9 +147,12 @@ def test_wrong_feature_count_and_backend_are_refused():
         BlockSparseLinear.from_linear(nn.Linear(16, 16), 8, backend="cusparse")
 
 
-def test_dispatcher_answers_dense_on_cpu():
-    layer = BlockSparseLinear.from_linear(nn.Linear(16, 16), 8)
-    assert Dispatcher().choose(layer, torch.randn(4, 16)) == "dense"
+def test_auto_answers_dense_on_cpu_without_measuring():
+    dispatcher = Dispatcher()
+    layer = BlockSparseLinear.from_linear(nn.Linear(16, 16), 8, dispatcher=dispatcher)
+    assert layer.choose_backend(torch.randn(4, 16)) == "dense" and dispatcher.decisions == {}
+    assert "auto" in BLOCK_BACKENDS and (DEFAULT_DISPATCHER.margin, DEFAULT_DISPATCHER.reps) == (1.0, 10)
+    assert layer.dispatch_key(torch.randn(5, 16)) == BlockKey("cpu", "torch.float32", 8, 16, 16, 8, 4)
 
 
 def test_swap_replaces_only_block_sparse_layers_and_keeps_outputs():
@@ -133,13 +174,14 @@ def test_swap_replaces_only_block_sparse_layers_and_keeps_outputs():
 @pytest.mark.gpu
 def test_dispatcher_picks_a_backend_and_outputs_agree_on_gpu():
     w = block_sparse_weight(2048, 2048, 64, 0.1).half().cuda()
-    dispatcher = Dispatcher(repeats=3)
-    layer = BlockSparseLinear(BlockSparseMatrix.from_dense(w, 64), dispatcher=dispatcher)
+    dispatcher = Dispatcher(margin=1.0, reps=3)
+    layer = BlockSparseLinear(BSR.from_dense(w, 64), dispatcher=dispatcher)
     x = torch.randn(1024, 2048, device="cuda", dtype=torch.float16)
     with torch.no_grad():
         y = layer(x)
-    key = dispatcher.key(layer, x)
-    assert dispatcher.choices[key] in ("tma", "pointer", "dense")
+    decision = dispatcher.decisions[layer.dispatch_key(x)]
+    assert decision.choice in ("tma", "pointer", "dense") and {"pointer", "dense"} <= set(decision.timings)
+    assert dispatcher.table()[0]["choice"] == decision.choice
     ref = x.double() @ w.double().T
     assert float((y.double() - ref).norm() / ref.norm()) < 2e-3
 

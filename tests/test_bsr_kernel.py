@@ -20,7 +20,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from sparsity_lab.block import kernel as bsr_matmul  # noqa: E402
-from sparsity_lab.block.layer import BlockSparseMatrix  # noqa: E402
+from sparsity_lab.formats.matrices import BSR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ CASES = [
 CHECKER = r"""
 import json, sys
 import torch
-from sparsity_lab.block.layer import BlockSparseMatrix
+from sparsity_lab.formats.matrices import BSR
 from sparsity_lab.block import kernel as bsr_matmul
 
 results = {}
@@ -56,7 +56,7 @@ for name, variant, dtype, bs, m, n, k, per_step, has_bias, density, empty in jso
     w = (torch.randn(n, k, generator=g) * mask).to(dtype)
     x = torch.randn(m, k, generator=g).to(dtype)
     bias = torch.randn(n, generator=g).to(dtype) if has_bias else None
-    bsr = BlockSparseMatrix.from_dense(w, bs, pad=True)
+    bsr = BSR.from_dense(w, bs, index_dtype=torch.int32, pad=True)
     out = torch.full((m, n), float("nan"), dtype=dtype)
     config = {"BLOCK_M": 16, "BLOCKS_PER_STEP": per_step, "num_warps": 4, "num_stages": 2}
     y = bsr_matmul.bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, n, bias, config=config,
@@ -109,7 +109,7 @@ def test_tma_cases_took_the_descriptor_path(interpreted):
 
 def _operands(bs=16, dtype=torch.float16, n=32, k=48):
     w = torch.randn(n, k).to(dtype)
-    bsr = BlockSparseMatrix.from_dense(w, bs)
+    bsr = BSR.from_dense(w, bs, index_dtype=torch.int32)
     return torch.randn(8, k).to(dtype), bsr
 
 
@@ -141,7 +141,7 @@ def test_bad_operands_are_refused_before_launch(change, error, message):
 
 def test_unsupported_block_size_is_refused():
     w = torch.randn(24, 24, dtype=torch.float16)
-    bsr = BlockSparseMatrix.from_dense(w, 8)
+    bsr = BSR.from_dense(w, 8, index_dtype=torch.int32)
     with pytest.raises(ValueError, match="block size 8 is not supported"):
         bsr_matmul.bsr_linear(torch.randn(4, 24, dtype=torch.float16), bsr.crow_indices, bsr.col_indices,
                               bsr.values, 24)
@@ -174,7 +174,7 @@ def test_kernel_on_gpu(variant, dtype, tol, bs):
     w = (torch.randn(n, k, device="cuda", generator=g) * mask).to(dtype)
     x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
     bias = torch.randn(n, device="cuda", generator=g).to(dtype)
-    bsr = BlockSparseMatrix.from_dense(w, bs, pad=True)
+    bsr = BSR.from_dense(w, bs, index_dtype=torch.int32, pad=True)
     out = torch.full((m, n), float("nan"), device="cuda", dtype=dtype)
     config = {"BLOCK_M": 64, "BLOCKS_PER_STEP": max(1, 64 // bs), "num_warps": 4, "num_stages": 2}
     y = bsr_matmul.bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, n, bias, config=config, out=out,
@@ -192,7 +192,7 @@ def test_autotuned_kernel_on_gpu():
     w = (torch.randn(2048, 2048, device="cuda", generator=g) * keep.repeat_interleave(64, 0).repeat_interleave(64, 1))
     w = w.half()
     x = torch.randn(1024, 2048, device="cuda", generator=g).half()
-    bsr = BlockSparseMatrix.from_dense(w, 64)
+    bsr = BSR.from_dense(w, 64, index_dtype=torch.int32)
     for variant in ("pointer", "tma"):
         y = bsr_matmul.bsr_linear(x, bsr.crow_indices, bsr.col_indices, bsr.values, 2048, variant=variant)
         ref = x.double() @ w.double().T

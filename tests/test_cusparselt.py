@@ -1,4 +1,5 @@
-"""Our cuSPARSELt binding: the pure-Python parts on the CPU (layouts, plan keys, errors), the rest on a GPU."""
+"""Our cuSPARSELt binding: the pure-Python parts on the CPU (descriptor shapes, options, plan keys, errors), the rest
+on a GPU."""
 
 from __future__ import annotations
 
@@ -12,40 +13,41 @@ import torch
 from sparsity_lab.semi24 import cusparselt as cslt
 
 
-def test_linear_layout_reads_x_and_writes_y_without_copies():
-    layout = cslt.choose_layout("W.xT/D-col")
-    assert layout.sparse == "A" and layout.ops() == (cslt.OP_N, cslt.OP_T)
-    assert layout.dense_shape(m=16, k=4096) == (16, 4096, 4096)  # x as stored: M x K, row-major
-    assert layout.output_shape(m=16, n=1024) == (1024, 16, 1024)  # D = N x M column-major is y, row-major
-    assert not layout.out_transposed
+def test_x_is_read_as_it_lies_and_y_is_written_transposed():
+    assert cslt.dense_shape(m=16, k=4096) == (16, 4096, 4096)  # x as stored: M x K, row-major
+    assert cslt.dense_shape(m=16, k=4096, x_order=cslt.ORDER_COL) == (16, 4096, 16)  # column-major x, in place
+    assert cslt.output_shape(m=16, n=1024) == (1024, 16, 16)  # D = yᵀ, N x M row-major: y is the view D.t()
 
 
-def test_row_major_output_is_returned_as_a_transposed_view():
-    layout = cslt.choose_layout("W.xT/D-row")
-    assert layout.output_shape(m=16, n=1024) == (1024, 16, 16) and layout.out_transposed
+def test_options_are_frozen_checked_and_decide_each_plans_search():
+    options = cslt.CusparseLtOptions()
+    assert (options.search, options.column_major_x, options.search_column_major_x) == ("library", True, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.search = "time"
+    with pytest.raises(ValueError, match="search must be one of"):
+        cslt.CusparseLtOptions(search="fastest please")
+    assert options.plan_search(cslt.ORDER_ROW) == options.plan_search(cslt.ORDER_COL) == "library"
+    unsearched = cslt.CusparseLtOptions(search="time", search_column_major_x=False)
+    assert unsearched.plan_search(cslt.ORDER_ROW) == "time" and unsearched.plan_search(cslt.ORDER_COL) == "default"
 
 
-def test_sparse_b_layout_writes_y_directly():
-    layout = cslt.choose_layout("x.WT/sparse-B")
-    assert layout.sparse == "B" and layout.output_shape(m=16, n=1024) == (16, 1024, 1024)
-    assert not layout.out_transposed
+def test_a_column_major_x_is_read_in_place_only_when_the_options_say_so():
+    x = torch.randn(32, 16).t()  # (16, 32), column-major
+    assert cslt._reads_column_major(x, cslt.CusparseLtOptions())
+    assert not cslt._reads_column_major(x, cslt.CusparseLtOptions(column_major_x=False))
+    assert not cslt._reads_column_major(x.contiguous(), cslt.CusparseLtOptions())
 
 
-def test_default_layout_and_bad_names():
-    assert cslt.choose_layout(None) is cslt.LAYOUTS[cslt.DEFAULT_LAYOUT]
-    # measured on an H100: D row-major is the fast layout, and the only one whose algorithm search is safe
-    assert cslt.DEFAULT_LAYOUT == "W.xT/D-row" and cslt.SEARCHABLE_LAYOUTS == {"W.xT/D-row"}
-    with pytest.raises(ValueError, match="layout must be one of"):
-        cslt.choose_layout("row-major please")
-
-
-def test_plan_keys_separate_every_shape_dtype_layout_and_bias():
-    key = cslt.PlanKey(m=16, k=4096, n=4096, dtype=torch.float16, out_dtype=torch.float16, layout="W.xT/D-row",
-                       bias_ptr=0, device=0)
-    same = dataclasses.replace(key)
+def test_plan_keys_separate_every_shape_dtype_bias_order_and_option():
+    key = cslt.PlanKey(m=16, k=4096, n=4096, dtype=torch.float16, out_dtype=torch.float16, bias_ptr=0, device=0,
+                       x_order=cslt.ORDER_ROW, options=cslt.CusparseLtOptions())
+    same = dataclasses.replace(key, options=cslt.CusparseLtOptions())
     assert key == same and hash(key) == hash(same)
     for change in ({"m": 32}, {"k": 8192}, {"n": 1024}, {"dtype": torch.bfloat16}, {"out_dtype": torch.int32},
-                   {"layout": "W.xT/D-col"}, {"bias_ptr": 1234}, {"device": 1}):
+                   {"bias_ptr": 1234}, {"device": 1}, {"x_order": cslt.ORDER_COL},
+                   {"options": cslt.CusparseLtOptions(search="default")},
+                   {"options": cslt.CusparseLtOptions(column_major_x=False)},
+                   {"options": cslt.CusparseLtOptions(search_column_major_x=False)}):
         assert dataclasses.replace(key, **change) != key, change
     cache = {key: "plan"}
     assert cache[same] == "plan"
@@ -158,6 +160,24 @@ def test_plans_are_built_once_and_shared_between_weights_of_one_shape():
 
 
 @pytest.mark.gpu
+def test_each_options_value_gets_its_own_plans_and_every_one_is_correct():
+    cslt.clear_plans()
+    w = _pruned(512, 1024, torch.float16)
+    x_col = torch.randn(1024, 64, device="cuda", dtype=torch.float16).t()  # (64, 1024) column-major
+    ref = x_col.double() @ w.double().t()
+    for options in (cslt.CusparseLtOptions(), cslt.CusparseLtOptions(column_major_x=False),
+                    cslt.CusparseLtOptions(search="default"), cslt.CusparseLtOptions(search="time")):
+        weight = cslt.Semi24Weight.from_dense(w, options=options)
+        assert _relerr(weight.linear(x_col), ref) < 1e-2
+        assert _relerr(weight.linear(x_col.contiguous()), ref) < 1e-2
+    keys = list(cslt.cached_plans())
+    assert len(keys) == 7  # column-major x read in place by three of the four, row-major x by all four
+    assert {key.x_order for key in keys if not key.options.column_major_x} == {cslt.ORDER_ROW}
+    timed = cslt.Semi24Weight.from_dense(w, options=cslt.CusparseLtOptions(search="time"))
+    assert timed.plan_for(x_col.contiguous(), torch.float16).timings  # our own search timed each algorithm
+
+
+@pytest.mark.gpu
 def test_linear_records_into_a_cuda_graph():
     w = _pruned(512, 1024, torch.float16)
     weight = cslt.Semi24Weight.from_dense(w)
@@ -188,7 +208,6 @@ class _FakePlan:
         self.plan, self._handle = cslt._Opaque(), cslt._Opaque()
         self._beta_ref = ctypes.byref(ctypes.c_float(0.0))
         self._workspace_ptr = 4096
-        self.layout = cslt.LAYOUTS[cslt.DEFAULT_LAYOUT]
         self.key = types.SimpleNamespace(device=0)
         self._lib = types.SimpleNamespace(cusparseLtMatmul=self._matmul)
 
@@ -197,13 +216,14 @@ class _FakePlan:
         return self.status
 
 
-def _fake_weight(monkeypatch, plan: _FakePlan, n: int = 64, k: int = 32) -> cslt.Semi24Weight:
+def _fake_weight(monkeypatch, plan: _FakePlan, n: int = 64, k: int = 32,
+                 options: cslt.CusparseLtOptions | None = None) -> cslt.Semi24Weight:
     weight = cslt.Semi24Weight.__new__(cslt.Semi24Weight)
-    weight.shape, weight.dtype, weight.role = (n, k), torch.float16, "A"
+    weight.shape, weight.dtype, weight.options = (n, k), torch.float16, options or cslt.CusparseLtOptions()
     weight.compressed = torch.zeros(8, dtype=torch.uint8)
     weight._calls = {}
     built = []
-    monkeypatch.setattr(weight, "plan_for", lambda x, out_dtype, bias, layout: built.append(x.shape) or plan,
+    monkeypatch.setattr(weight, "plan_for", lambda x, out_dtype, bias: built.append(x.stride()) or plan,
                         raising=False)
     monkeypatch.setattr(cslt, "_current_raw_stream", lambda index: 0xABC0 + index)
     weight.built = built
@@ -215,7 +235,7 @@ def test_eager_hot_path_is_one_library_call_with_prebuilt_arguments(monkeypatch)
     weight = _fake_weight(monkeypatch, plan)
     x = torch.randn(16, 32, dtype=torch.float16)
     y1, y2 = weight.linear(x), weight.linear(x, alpha=0.5)
-    assert weight.built == [(16, 32)], "the plan is looked up once per call signature"
+    assert weight.built == [(32, 1)], "the plan is looked up once per call signature"
     assert len(plan.calls) == 2 and len(weight._calls) == 1
     for y, args in zip((y1, y2), plan.calls, strict=True):
         assert y.shape == (16, 64) and y.stride() == (1, 16)  # yᵀ written row-major: y is its transposed view
@@ -224,7 +244,17 @@ def test_eager_hot_path_is_one_library_call_with_prebuilt_arguments(monkeypatch)
         assert args[9][0] == 0xABC0  # torch's current raw stream of device 0
     assert next(iter(weight._calls.values())).alpha.value == 0.5
     weight.linear(torch.randn(24, 32, dtype=torch.float16))
-    assert weight.built == [(16, 32), (24, 32)] and len(weight._calls) == 2
+    assert weight.built == [(32, 1), (32, 1)] and len(weight._calls) == 2
+
+
+@pytest.mark.parametrize("column_major_x", [True, False])
+def test_a_column_major_x_is_passed_in_place_or_copied_as_the_options_say(monkeypatch, column_major_x):
+    plan = _FakePlan()
+    weight = _fake_weight(monkeypatch, plan, options=cslt.CusparseLtOptions(column_major_x=column_major_x))
+    x = torch.randn(32, 16, dtype=torch.float16).t()  # (16, 32), column-major: a 2:4 layer's output
+    weight.linear(x)
+    assert weight.built == [(1, 16) if column_major_x else (32, 1)]  # the plan describes x as it is read
+    assert (plan.calls[0][4] == x.data_ptr()) == column_major_x
 
 
 def test_eager_hot_path_raises_the_library_status(monkeypatch):

@@ -116,7 +116,7 @@ def test_backend_seam_routes_the_matmul_and_caches_the_packed_weight():
         layer(x)
         assert calls["compress"] == 2, "a changed weight must be packed again"
     finally:
-        del qs.BACKENDS["counting"]
+        del qs.SPARSE_INT8_BACKENDS["counting"]
 
 
 def test_unknown_or_unavailable_backends_are_refused_clearly():
@@ -289,7 +289,7 @@ def test_channel_explorer_follows_the_slider():
     weight = torch.randn(5, 16)
     weight[3] *= 100
     box = int8_channel_explorer(weight, columns=8)
-    slider, status, figure = box.children
+    slider, status, errors, figure = box.children
     slider.value = 3
     assert "channel <b>3</b>" in status.value
     assert list(figure.data[0].y) == pytest.approx(weight[3, :8].tolist())
@@ -341,7 +341,7 @@ def emulated_cslt(monkeypatch):
         names.append(name)
     yield names
     for name in names:
-        del qs.BACKENDS[name]
+        del qs.SPARSE_INT8_BACKENDS[name]
 
 
 @pytest.mark.parametrize("m, k, n", [(1, 4, 1), (20, 40, 24), (32, 64, 64)])

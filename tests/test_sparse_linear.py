@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsity_lab import dispatch
 from sparsity_lab.checks import relative_error
-from sparsity_lab.semi24.layer import Decision, Dispatcher, Semi24Linear, capture
-from sparsity_lab.semi24.matmul import PATHS, check_path, prepare, unavailable_reason
+from sparsity_lab.dispatch import Decision, Dispatcher
+from sparsity_lab.semi24.layer import DEFAULT_DISPATCHER, Semi24Key, Semi24Linear, capture
+from sparsity_lab.semi24.matmul import PATHS, SPARSE_PATHS, check_path, prepare, unavailable_reason
 from sparsity_lab.sparsify import Semi24Config, sparsify_
 
 
@@ -66,21 +68,76 @@ def test_a_swapped_model_has_nothing_left_to_swap():
 def test_bad_backend_and_shapes_are_named():
     with pytest.raises(ValueError, match="backend must be one of"):
         Semi24Linear(torch.randn(64, 64), backend="magic")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Semi24Linear(torch.randn(64, 64), backend="dense")  # a matmul path, but not a 2:4 kernel
     with pytest.raises(ValueError, match="2-D"):
         Semi24Linear(torch.randn(64))
 
 
+def test_sparse_paths_are_the_2_4_kernels_among_the_matmul_paths():
+    assert SPARSE_PATHS == ("cusparselt", "torch_cslt", "cutlass") and set(SPARSE_PATHS) < set(PATHS)
+    assert DEFAULT_DISPATCHER.margin == 0.97 and DEFAULT_DISPATCHER.baseline == "dense"
+
+
 def test_cached_decisions_are_reused_without_measuring():
     dispatcher = Dispatcher()
-    key = (16, 4096, 4096, torch.float16, "cusparselt")
-    dispatcher.decisions[key] = Decision(False, "measured: dense", 0.03, 0.02)
+    key = Semi24Key(16, 4096, 4096, torch.float16, "cusparselt")
+    dispatcher.decisions[key] = Decision("dense", "measured: dense", {"sparse": 0.03, "dense": 0.02})
 
     def fail():
         raise AssertionError("no measurement expected")
 
-    assert dispatcher.choose(key, fail, fail).sparse is False
+    assert dispatcher.choose((16, 4096, 4096, torch.float16, "cusparselt"), fail).choice == "dense"
     assert dispatcher.table() == [{"M": "16", "K": "4096", "N": "4096", "dtype": "torch.float16",
-                                   "backend": "cusparselt", "sparse": False, "sparse_ms": 0.03, "dense_ms": 0.02}]
+                                   "backend": "cusparselt", "choice": "dense", "sparse_ms": 0.03, "dense_ms": 0.02}]
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Stands in for the CUDA-event timing: `measured(name=ms, ...)` builds candidates whose calls return their
+    time in ms (a function instead of a number is called, and may raise)."""
+    monkeypatch.setattr(dispatch, "event_ms", lambda fn, warmup, reps: fn())
+
+    def candidates(**times):
+        return lambda: {name: t if callable(t) else (lambda t=t: t) for name, t in times.items()}
+
+    return candidates
+
+
+def test_a_candidate_must_beat_the_baseline_by_the_margin(measured):
+    dispatcher = Dispatcher(margin=0.97)
+    assert dispatcher.choose(("a",), measured(sparse=0.98, dense=1.0)).choice == "dense"  # 2% faster: not enough
+    decision = dispatcher.choose(("b",), measured(sparse=0.96, dense=1.0))
+    assert decision.choice == "sparse" and decision.timings == {"sparse": 0.96, "dense": 1.0}
+    assert decision.reason == "measured sparse 0.9600 ms, dense 1.0000 ms: sparse"
+    assert set(dispatcher.decisions) == {("a",), ("b",)}
+    assert Dispatcher(margin=1.0).choose(("c",), measured(tma=0.5, pointer=0.4, dense=0.45)).choice == "pointer"
+
+
+def test_a_candidate_that_raises_is_left_out_and_remembered(measured):
+    def broken():
+        raise RuntimeError("no kernel for this shape")
+
+    decision = Dispatcher().choose(("k",), measured(sparse=broken, dense=1.0))
+    assert decision.choice == "dense" and "sparse" not in decision.timings
+    assert "no kernel for this shape" in decision.errors["sparse"] and "sparse failed" in decision.reason
+    with pytest.raises(RuntimeError, match="no kernel"):
+        Dispatcher().choose(("k",), measured(sparse=0.1, dense=broken))  # the baseline must run
+    with pytest.raises(ValueError, match="must include the baseline 'dense'"):
+        Dispatcher().choose(("k",), measured(sparse=0.1))
+
+
+def test_nothing_is_measured_or_cached_during_a_graph_capture(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    dispatcher = Dispatcher()
+
+    def fail():
+        raise AssertionError("no measurement expected during a capture")
+
+    decision = dispatcher.choose(("k",), fail)
+    assert decision.choice == "dense" and "CUDA graph is being captured" in decision.reason
+    assert dispatcher.decisions == {}
 
 
 def test_paths_on_the_cpu_reference_and_dense_agree_with_float32():
@@ -138,7 +195,9 @@ def test_swapped_model_matches_its_dense_twin_and_records_decisions():
         y = model(x)
         ref = F.linear(F.gelu(F.linear(x, model[0].weight, model[0].bias)), model[2].weight, model[2].bias)
     assert relative_error(y, ref) < 1e-2
-    assert len(dispatcher.decisions) == 2 and all(d.sparse_ms and d.dense_ms for d in dispatcher.decisions.values())
+    assert len(dispatcher.decisions) == 2
+    assert all(d.timings["sparse"] > 0 and d.timings["dense"] > 0 for d in dispatcher.decisions.values())
+    assert {row["N"] for row in dispatcher.table()} == {"2048", "1024"}
 
 
 def test_capture_needs_a_cuda_input():

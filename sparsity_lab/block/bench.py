@@ -9,6 +9,7 @@ and writes a results file (`sparsity_lab.course.results`). Usage: `sparsity-lab 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -17,9 +18,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from sparsity_lab.block.layer import BlockSparseMatrix
 from sparsity_lab.checks import relative_error
 from sparsity_lab.course.results import save_results
+from sparsity_lab.formats.matrices import BSR
+from sparsity_lab.timing import bench_ms, resolve_device
 
 TARGETS = {(64, 0.9): 5.0, (32, 0.9): 3.0, (64, 0.5): 1.5}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -37,8 +39,6 @@ def random_block_sparse(n_out: int, n_in: int, bs: int, sparsity: float, dtype: 
     return torch.randn(n_out, n_in, device=device, dtype=torch.float32, generator=generator).mul_(mask).to(dtype)
 
 
-
-
 def correctness(device: str = "cuda") -> list[dict]:
     """Check both kernel variants on awkward shapes in every dtype and block size with fixed tilings (no
     autotuning): odd sizes for the pointer variant, 16-byte-aligned rows for the descriptor (TMA) one."""
@@ -54,7 +54,7 @@ def correctness(device: str = "cuda") -> list[dict]:
         w = random_block_sparse(n_out, n_in, bs, 0.5, dtype, device, g, empty_rows=1)
         x = torch.randn(m, n_in, device=device, generator=g).to(dtype)
         bias = torch.randn(n_out, device=device, generator=g).to(dtype)
-        bsr = BlockSparseMatrix.from_dense(w, bs, pad=True)
+        bsr = BSR.from_dense(w, bs, index_dtype=torch.int32, pad=True)
         per_step = max(1, 64 // bs)
         config = {"BLOCK_M": 64, "BLOCKS_PER_STEP": per_step, "num_warps": 4, "num_stages": 2}
         out = torch.full((m, n_out), float("nan"), device=device, dtype=dtype)
@@ -74,7 +74,8 @@ def correctness(device: str = "cuda") -> list[dict]:
     for variant in ("pointer", "tma"):
         for bs in (16, 64):  # all-empty weight: bias only, and zeros without bias
             x = torch.randn(100, 4 * bs, device=device, dtype=torch.float16)
-            bsr = BlockSparseMatrix.from_dense(torch.zeros(3 * bs, 4 * bs, device=device, dtype=torch.float16), bs)
+            bsr = BSR.from_dense(torch.zeros(3 * bs, 4 * bs, device=device, dtype=torch.float16), bs,
+                                 index_dtype=torch.int32)
             bias = torch.randn(3 * bs, device=device, dtype=torch.float16)
             for b in (bias, None):
                 out = torch.full((100, 3 * bs), float("nan"), device=device, dtype=torch.float16)
@@ -92,18 +93,12 @@ def correctness(device: str = "cuda") -> list[dict]:
     return rows
 
 
-def _bench(fn) -> float:
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
 def heatmap(size: int, block_sizes: list[int], sparsities: list[float], dtype: torch.dtype, budget_s: float,
             started: float, torch_bsr: bool = True, on_row=None, device: str = "cuda", config: dict | None = None,
             bench=None) -> list[dict]:
     """Time dense, ours (autotuned unless `config` is given) and PyTorch's bsr_dense_mm for each (block size,
     sparsity) and check each against a float32 reference; `bench` replaces do_bench (CPU tests)."""
-    bench = bench or _bench
+    bench = bench or bench_ms
     bsr_dense_mm = None
     if torch_bsr:
         try:
@@ -138,7 +133,7 @@ def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Gener
 
     size = x.shape[0]
     w = random_block_sparse(size, size, bs, sp, x.dtype, str(x.device), g)
-    bsr = BlockSparseMatrix.from_dense(w, bs)
+    bsr = BSR.from_dense(w, bs, index_dtype=torch.int32)
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     ref = F.linear(x.float(), w.float())
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -153,7 +148,7 @@ def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Gener
             y = ours()  # autotunes on first sight of a problem
             row[f"{variant}_relerr"] = relative_error(y, ref)
             row[f"{variant}_ms"] = bench(ours)
-            row[f"{variant}_config"] = config or best_config(size, size, size, bs, x.dtype, bsr.nnz_blocks, variant)
+            row[f"{variant}_config"] = config or best_config(size, size, size, bs, x.dtype, bsr.n_blocks, variant)
             if config is None:
                 row[f"{variant}_autotune"] = autotune_log(variant)
         except Exception as err:  # a variant that does not build on this GPU/Triton is recorded, not fatal
@@ -186,22 +181,22 @@ def _cell(x: torch.Tensor, x_t: torch.Tensor, bs: int, sp: float, g: torch.Gener
 
 def dispatcher_check(size: int = 8192, dtype: torch.dtype = torch.float16) -> list[dict]:
     """What BlockSparseLinear(backend="auto") picks for a few token counts and sparsities, with its timings."""
-    from sparsity_lab.block.layer import BlockSparseLinear, Dispatcher
+    from sparsity_lab.block.layer import DEFAULT_DISPATCHER, BlockSparseLinear
 
     rows = []
     g = torch.Generator(device="cuda").manual_seed(2)
     for sp in (0.9, 0.5):
         w = random_block_sparse(size, size, 64, sp, dtype, "cuda", g)
-        dispatcher = Dispatcher()
-        layer = BlockSparseLinear(BlockSparseMatrix.from_dense(w, 64), dispatcher=dispatcher)
+        dispatcher = dataclasses.replace(DEFAULT_DISPATCHER, decisions={})  # the layer's policy, nothing cached
+        layer = BlockSparseLinear(BSR.from_dense(w, 64), dispatcher=dispatcher)
         for tokens in (16, 512, 8192):
             x = torch.randn(tokens, size, device="cuda", dtype=dtype, generator=g)
             with torch.no_grad():
                 y = layer(x)
             ref = x.double() @ w.double().T
-            key = dispatcher.key(layer, x)
-            rows.append(dict(bs=64, sparsity=sp, tokens=tokens, choice=dispatcher.choices[key],
-                             timings_ms=dispatcher.timings[key], relerr=relative_error(y, ref)))
+            decision = dispatcher.decisions[layer.dispatch_key(x)]
+            rows.append(dict(bs=64, sparsity=sp, tokens=tokens, choice=decision.choice, timings_ms=decision.timings,
+                             relerr=relative_error(y, ref)))
             print(rows[-1], flush=True)
     return rows
 
@@ -225,9 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--no-torch-bsr", action="store_true", help="do not time PyTorch's bsr_dense_mm")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("block_sparse: needs a CUDA GPU (the recorded results ship in sparsity_lab/recorded/)")
-        return 1
+    if resolve_device("cuda", "block_sparse_gpu.json") is None:
+        return 2
     started = time.time()
     figures: dict = {"size": args.size, "dtype": args.dtype, "targets": [
         {"bs": bs, "sparsity": sp, "min_speedup": t} for (bs, sp), t in TARGETS.items()]}

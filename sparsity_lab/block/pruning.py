@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsity_lab.block.layer import block_view
 from sparsity_lab.course.data import Digits
 from sparsity_lab.course.train import History, evaluate, fit
+from sparsity_lab.formats.matrices import block_view
 from sparsity_lab.pruning.prune import apply_mask, check_sparsity, topk_mask
 
 NORMS = ("l1", "l2")

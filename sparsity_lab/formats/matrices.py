@@ -51,6 +51,7 @@ __all__ = [
     "FORMATS",
     "INDEX_DTYPES",
     "VALUE_DTYPES",
+    "block_view",
     "breakeven_sparsity",
     "random_sparse",
     "storage_nbytes",
@@ -603,8 +604,8 @@ class CSR(_CompressedRows):
 
 # --- BSR ---------------------------------------------------------------------------------------------------------
 
-def _check_blocksize(shape: tuple[int, int], blocksize: Sequence[int], owner: str) -> tuple[int, int]:
-    """`blocksize` as (bh, bw), positive and dividing `shape`, or an error naming it."""
+def _check_blocksize(shape: tuple[int, int], blocksize: Sequence[int], owner: str, hint: str = "") -> tuple[int, int]:
+    """`blocksize` as (bh, bw), positive and dividing `shape`, or an error naming it (and `hint`, how to fix it)."""
     if len(blocksize) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocksize):
         raise TypeError(f"{owner}: blocksize must be two ints (bh, bw), got {tuple(blocksize)!r}")
     if min(blocksize) < 1:
@@ -612,14 +613,23 @@ def _check_blocksize(shape: tuple[int, int], blocksize: Sequence[int], owner: st
     for dim, (size, b) in enumerate(zip(shape, blocksize, strict=True)):
         if size % b:
             raise ValueError(f"{owner}: blocksize {tuple(blocksize)} does not divide shape {shape}: dim {dim} has "
-                             f"size {size}, which is not divisible by {b}")
+                             f"size {size}, which is not divisible by {b}{hint}")
     return int(blocksize[0]), int(blocksize[1])
 
 
-def _blocks(dense: torch.Tensor, blocksize: tuple[int, int]) -> torch.Tensor:
-    """`dense` (R, C) as its (R/bh, C/bw) grid of (bh, bw) blocks."""
-    (rows, cols), (bh, bw) = dense.shape, blocksize
-    return dense.reshape(rows // bh, bh, cols // bw, bw).transpose(1, 2)
+def block_view(dense: torch.Tensor, blocksize: int | Sequence[int], pad: bool = False) -> torch.Tensor:
+    """`dense` (R, C) as its (R/bh, C/bw) grid of (bh, bw) blocks (an int: square blocks): a view, or with `pad`
+    a copy zero-padded at the end of each side to whole blocks (else a side that is not whole blocks is refused)."""
+    _check_tensor(dense, "dense", "block_view")
+    _check_ndim(dense, 2, "dense", "block_view", "(a matrix)")
+    if isinstance(blocksize, int) and not isinstance(blocksize, bool):
+        blocksize = (blocksize, blocksize)
+    if pad:
+        bh, bw = _check_blocksize((0, 0), tuple(blocksize), "block_view")  # the blocksize alone
+        dense = F.pad(dense, (0, -dense.shape[1] % bw, 0, -dense.shape[0] % bh))
+    bh, bw = _check_blocksize(tuple(dense.shape), tuple(blocksize), "block_view",
+                              "; pass pad=True to zero-pad to whole blocks")
+    return dense.reshape(dense.shape[0] // bh, bh, dense.shape[1] // bw, bw).transpose(1, 2)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -645,20 +655,37 @@ class BSR(_CompressedRows):
         """Stored blocks."""
         return int(self.values.shape[0])
 
+    @property
+    def block_size(self) -> int:
+        """The side of square blocks (what the block-sparse kernel takes); a ValueError for rectangular ones."""
+        bh, bw = self.blocksize
+        if bh != bw:
+            raise ValueError(f"BSR: blocks are {bh}x{bw}, not square")
+        return bh
+
     @classmethod
-    def from_dense(cls, dense: torch.Tensor, blocksize: Sequence[int], index_dtype: torch.dtype = torch.int64,
-                   keep_signed_zeros: bool = False) -> BSR:
-        """Every block of `dense` that holds a nonzero entry (or a -0.0 if `keep_signed_zeros`), whole (zeros
-        inside it too, bit for bit), block row by block row."""
+    def from_dense(cls, dense: torch.Tensor, blocksize: int | Sequence[int], index_dtype: torch.dtype = torch.int64,
+                   keep_signed_zeros: bool = False, pad: bool = False, block_mask: torch.Tensor | None = None) -> BSR:
+        """Every block of `dense` that holds a nonzero entry (or a -0.0 if `keep_signed_zeros`), or exactly those
+        where `block_mask` (one bool per block) is True; whole (zeros inside too, bit for bit), block row by block
+        row. An int `blocksize` means square blocks; `pad` zero-pads `dense` to whole blocks first (the matrix then
+        has the padded shape)."""
         _check_dense(dense, "BSR.from_dense")
-        blocksize = _check_blocksize(tuple(dense.shape), tuple(blocksize), "BSR.from_dense")
-        blocks = _blocks(dense, blocksize)
-        kept = stored_entries(blocks, keep_signed_zeros).flatten(2).any(-1)
+        blocks = block_view(dense, blocksize, pad)
+        if block_mask is None:
+            kept = stored_entries(blocks, keep_signed_zeros).flatten(2).any(-1)
+        elif not isinstance(block_mask, torch.Tensor) or block_mask.shape != blocks.shape[:2]:
+            got = tuple(block_mask.shape) if isinstance(block_mask, torch.Tensor) else type(block_mask).__name__
+            raise ValueError(f"BSR.from_dense: block_mask must be one bool per block, {tuple(blocks.shape[:2])}, "
+                             f"got {got}")
+        else:
+            kept = block_mask.to(device=dense.device, dtype=torch.bool)
         _check_fits(index_dtype, max(*kept.shape, int(kept.sum())), "BSR.from_dense")
         rows, cols = kept.nonzero(as_tuple=True)
         crow = torch.zeros(kept.shape[0] + 1, dtype=index_dtype, device=dense.device)
         crow[1:] = kept.sum(1).cumsum(0)
-        return cls(crow, cols.to(index_dtype), blocks[rows, cols].contiguous(), tuple(dense.shape))
+        shape = (blocks.shape[0] * blocks.shape[2], blocks.shape[1] * blocks.shape[3])
+        return cls(crow, cols.to(index_dtype), blocks[rows, cols].contiguous(), shape)
 
     def block_row_indices(self) -> torch.Tensor:
         """The block row of every stored block (crow_indices expanded)."""

@@ -13,33 +13,16 @@ Writes ``sparsity_lab/recorded/gpu_structure.json``; lecture 04 plots it.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from sparsity_lab import timing
 from sparsity_lab.course.results import RECORDED_DIR, save_results
 
 SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.99)
-
-
-def time_ms(fn: Callable[[], object], device: str) -> float:
-    """Milliseconds of `fn`: the median of do_bench (CUDA events) on a GPU; on the CPU the fastest of 7
-    wall-clock runs (other processes only ever add time, so the minimum is the least disturbed run)."""
-    if device == "cuda":
-        from sparsity_lab.semi24.bench import bench_ms
-
-        return bench_ms(fn)
-    fn()
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return min(times)
 
 
 def run(m: int = 4096, k: int = 4096, n: int = 4096, dtype: torch.dtype = torch.float16,
@@ -62,12 +45,17 @@ def _run(m: int, k: int, n: int, dtype: torch.dtype, sparsities: tuple[float, ..
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
     w = torch.randn(n, k, device=device, dtype=dtype, generator=gen)
-    bench_ms = lambda fn: time_ms(fn, device)  # noqa: E731
-    dense_ms = bench_ms(lambda: x @ w.t())
+
+    def timed(fn: Callable[[], object]) -> float:
+        """Milliseconds of `fn`: do_bench's median on a GPU; on the CPU the fastest of 7 single calls (other
+        processes only ever add time, so the minimum is the least disturbed run)."""
+        return timing.bench_ms(fn) if device == "cuda" else timing.host_us(fn, calls=1, trials=7, device=device) / 1e3
+
+    dense_ms = timed(lambda: x @ w.t())
     rows = []
     for sparsity in sparsities:
         # dense again next to each variant: a busy machine then slows both alike
-        row: dict = {"sparsity": sparsity, "dense_ms": bench_ms(lambda: x @ w.t())}
+        row: dict = {"sparsity": sparsity, "dense_ms": timed(lambda: x @ w.t())}
         scores = torch.rand(n, k, device=device, generator=gen)
         unstructured = w * (scores >= sparsity)
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
@@ -78,14 +66,14 @@ def _run(m: int, k: int, n: int, dtype: torch.dtype, sparsities: tuple[float, ..
             y = torch.sparse.mm(csr, xt)
             ref = unstructured.float() @ xt.float()
             row["csr_relerr"] = float((y.float() - ref).norm() / ref.norm())
-            row["csr_ms"] = bench_ms(lambda csr=csr, xt=xt: torch.sparse.mm(csr, xt))
+            row["csr_ms"] = timed(lambda csr=csr, xt=xt: torch.sparse.mm(csr, xt))
             row["csr_speedup"] = row["dense_ms"] / row["csr_ms"]
         except RuntimeError as err:
             row["csr_error"] = str(err)[:200]
         kept_rows = max(16, round(n * (1 - sparsity) / 16) * 16)
         small = w[:kept_rows].contiguous()
         row["rows_kept"] = kept_rows
-        row["row_pruned_ms"] = bench_ms(lambda small=small: x @ small.t())
+        row["row_pruned_ms"] = timed(lambda small=small: x @ small.t())
         row["row_pruned_speedup"] = row["dense_ms"] / row["row_pruned_ms"]
         row["ideal_speedup"] = 1 / (1 - sparsity)
         if sparsity == 0.5 and device == "cuda":
@@ -94,7 +82,7 @@ def _run(m: int, k: int, n: int, dtype: torch.dtype, sparsities: tuple[float, ..
 
             _, _, pruned = prune_and_compress(w, return_pruned=True)
             semi = Semi24Weight.from_dense(pruned)
-            row["semi24_ms"] = bench_ms(lambda semi=semi: semi.linear(x))
+            row["semi24_ms"] = timed(lambda semi=semi: semi.linear(x))
             row["semi24_speedup"] = row["dense_ms"] / row["semi24_ms"]
         log(f"gpu_structure {row}")
         rows.append(row)
@@ -107,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparsity-lab bench gpu_structure", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / "gpu_structure.json", help="results file")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench gpu_structure needs a CUDA GPU; recorded results: sparsity_lab/recorded/gpu_structure.json",
-              file=sys.stderr)
+    if timing.resolve_device("cuda", "gpu_structure.json") is None:
         return 2
     path = save_results("gpu_structure", run(), args.out)
     print(f"wrote {path}")

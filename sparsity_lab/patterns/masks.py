@@ -348,7 +348,7 @@ def pattern_masks(
     A layer the pattern cannot tile is a ValueError naming the layer.
     """
     pattern = parse_pattern(pattern)
-    available = prunable_layers(model)
+    available = prunable_layers(model, required=True)
     names = list(available) if layers is None else list(layers)
     unknown = [n for n in names if n not in available]
     if unknown:

@@ -5,9 +5,10 @@ For each (M tokens, K in, N out) it builds random fp16 activations and a 2:4-pru
 
 1. checks: every int8 matmul (dense `torch._int_mm`, each sparse backend) equals the exact integer product, and
    every quantized layer matches the float64 product of its dequantized operands;
-2. times, only what passed, with CUDA events (median after warm-up): the matmul cores (int8 in, int32 out), the
-   same cores replayed from a CUDA graph (no per-call host work: this separates cuSPARSELt's planning cost from its
-   kernel), and whole layers (fp16 `F.linear`, `Int8Linear`, `Int8Semi24Linear`: quantize + matmul + rescale).
+2. times, only what passed, with ``triton.testing.do_bench`` (`sparsity_lab.timing.bench_ms`: CUDA events, median
+   after warm-up, L2 flushed): the matmul cores (int8 in, int32 out), the same cores back to back and replayed from
+   a CUDA graph (no per-call host work: this separates cuSPARSELt's planning cost from its kernel), and whole
+   layers (fp16 `F.linear`, `Int8Linear`, `Int8Semi24Linear`: quantize + matmul + rescale).
 
 Targets (eager, matmul cores): int8 2:4 >= 1.9x over int8 dense at 8192^3 and >= 1.3x at 4096^3.
 ``sparsity-lab bench quant_sparse [--out PATH]`` writes sparsity_lab/recorded/quant_sparse_gpu.json by default;
@@ -18,7 +19,6 @@ Exit status: 0 when every check passed, 1 otherwise (the results file is written
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +33,7 @@ from sparsity_lab.course.results import RECORDED_DIR, record_environment, save_r
 from sparsity_lab.quant import layers as qs
 from sparsity_lab.quant.int8 import dequantize, int8_matmul_reference, quantize_per_channel, quantize_per_token
 from sparsity_lab.semi24 import layout as semi24
-from sparsity_lab.timing import capture_graph, resolve_device
+from sparsity_lab.timing import bench_ms, capture_graph, loop_ms, resolve_device
 
 NAME = "quant_sparse_gpu"
 GPU_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (4096, 4096, 14336), (4096, 14336, 4096),
@@ -64,66 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"results file (default {RECORDED_DIR / (NAME + '.json')} on a GPU, "
                              "./quant_sparse_cpu.json on the CPU)")
     parser.add_argument("--backends", default=",".join(SPARSE_BACKENDS),
-                        help="sparse int8 backends to try, comma-separated (see sparsity_lab.quant.layers.BACKENDS)")
+                        help="sparse int8 backends to try, comma-separated (see "
+                             "sparsity_lab.quant.layers.SPARSE_INT8_BACKENDS)")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="warm-up time per measurement")
-    parser.add_argument("--rep-ms", type=float, default=100.0, help="measured time per measurement (10..200 reps)")
+    parser.add_argument("--rep-ms", type=float, default=100.0, help="measured time per measurement")
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph timings")
     return parser
-
-
-def time_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
-    """Median milliseconds of `fn` after warm-up: CUDA events around each call on GPUs, perf_counter on the CPU."""
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    start = time.perf_counter()
-    n = 0
-    while n < 3 or (time.perf_counter() - start) * 1e3 < warmup_ms:
-        fn()
-        sync()
-        n += 1
-    estimate = (time.perf_counter() - start) * 1e3 / n
-    reps = int(min(200, max(10, rep_ms / max(estimate, 1e-3))))
-    if not cuda:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
-    # like triton.testing.do_bench: no sync between calls, L2 flushed (256 MB written) before each one
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for begin, end in events:
-        flush.zero_()
-        begin.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    times = [begin.elapsed_time(end) for begin, end in events]
-    return statistics.median(times)
-
-
-def back_to_back_ms(fn: Callable[[], Any], calls: int = 50) -> float:
-    """Mean CUDA-event milliseconds per call over `calls` back-to-back calls, no flush: eager throughput, where a
-    call whose host work (such as planning) outlasts its kernel shows its host time."""
-    fn()
-    torch.cuda.synchronize()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(calls):
-        fn()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) / calls
-
-
-def graph_time_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
-    """Median milliseconds of `fn` captured once into a CUDA graph and replayed (no per-call host work)."""
-    return time_ms(capture_graph(fn).replay, device, warmup_ms, rep_ms)
-
-
 
 
 def _approx_equal(out: torch.Tensor, target: torch.Tensor) -> bool:
@@ -242,9 +188,9 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
     with torch.no_grad():
         for key, fn in {**cores, **layers}.items():
             if checks.get(key, True):
-                row["ms"][key] = time_ms(fn, device, args.warmup_ms, args.rep_ms)
-                if cuda and key in cores:
-                    row["b2b_ms"][key] = back_to_back_ms(fn)
+                row["ms"][key] = bench_ms(fn, device, args.warmup_ms, args.rep_ms)
+                if cuda and key in cores:  # back to back, no flush: where host work (planning) outlasts the kernel
+                    row["b2b_ms"][key] = loop_ms(fn, calls=50, trials=1)
     add_speedups(row)
     row["correct"] = all(checks.values()) and any(key.startswith("int8_24_") for key in checks)
     return row, {key: fn for key, fn in cores.items() if checks.get(key)}
@@ -256,7 +202,7 @@ def add_graph_timings(row: dict[str, Any], cores: dict[str, Callable[[], Any]], 
     with torch.no_grad():
         for key, fn in cores.items():
             try:
-                row["graph_ms"][key] = graph_time_ms(fn, device, args.warmup_ms, args.rep_ms)
+                row["graph_ms"][key] = bench_ms(capture_graph(fn)[0].replay, device, args.warmup_ms, args.rep_ms)
             except Exception as err:
                 row["errors"][f"graph_{key}"] = repr(err)[:300]
     add_speedups(row)
@@ -336,8 +282,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def figures_of(rows: list[dict[str, Any]], shapes: list[tuple[int, int, int]], backends: list[str],
                args: argparse.Namespace, cuda: bool, started: float) -> dict[str, Any]:
     """The figures block of the results file."""
-    timer = ("median of per-call CUDA-event timings after warm-up, L2 flushed between calls" if cuda
-             else "median of per-call perf_counter timings after warm-up")
+    timer = ("triton.testing.do_bench: median of per-call CUDA-event timings after warm-up, L2 flushed between "
+             "calls" if cuda else "median of per-call perf_counter timings after warm-up")
     return {
         "config": {"shapes": [list(s) for s in shapes], "sparse_backends": backends, "timer": timer,
                    "warmup_ms": args.warmup_ms, "rep_ms": args.rep_ms, "graphs": cuda and not args.no_graphs,
@@ -357,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     shapes = args.shapes or (GPU_SHAPES if cuda else CPU_SHAPES)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in qs.BACKENDS]
+    unknown = [b for b in backends if b not in qs.SPARSE_INT8_BACKENDS]
     if unknown:
-        print(f"unknown sparse backends {unknown}; registered: {sorted(qs.BACKENDS)}")
+        print(f"unknown sparse backends {unknown}; registered: {sorted(qs.SPARSE_INT8_BACKENDS)}")
         return 2
     if not cuda:
         backends = ["reference"]

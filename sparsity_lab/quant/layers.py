@@ -5,7 +5,7 @@ takes 10/16 of a byte per dense entry (cuSPARSELt's int8 packing) against 2 byte
 cores issue twice the int8 rate. `Int8Linear` is dense dynamic quantization (`sparsity_lab.quant.int8`);
 `Int8Semi24Linear` keeps a 2:4 int8 weight and multiplies through a sparse int8 backend.
 
-The seam: every 2:4 int8 matmul goes through a `SparseInt8Backend` from `BACKENDS`:
+The seam: every 2:4 int8 matmul goes through a `SparseInt8Backend` from `SPARSE_INT8_BACKENDS`:
 
 - ``"reference"``: the exact int64 product of the (zero-filled) 2:4 int8 weight; any device, the CPU path;
 - ``"cusparselt"`` (the GPU default, `DEFAULT_GPU_BACKEND`): our own binding (`sparsity_lab.semi24.cusparselt`), which
@@ -80,19 +80,19 @@ class SparseInt8Backend:
     available: Callable[[], bool]
 
 
-BACKENDS: dict[str, SparseInt8Backend] = {}
+SPARSE_INT8_BACKENDS: dict[str, SparseInt8Backend] = {}  # the registry: name -> backend
 
 
 def register_backend(backend: SparseInt8Backend) -> None:
     """Make `backend` selectable by name (replacing one of the same name)."""
-    BACKENDS[backend.name] = backend
+    SPARSE_INT8_BACKENDS[backend.name] = backend
 
 
 def get_backend(name: str) -> SparseInt8Backend:
     """The registered backend `name`; raises naming the known ones."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown sparse int8 backend {name!r}; registered: {sorted(BACKENDS)}")
-    return BACKENDS[name]
+    if name not in SPARSE_INT8_BACKENDS:
+        raise ValueError(f"unknown sparse int8 backend {name!r}; registered: {sorted(SPARSE_INT8_BACKENDS)}")
+    return SPARSE_INT8_BACKENDS[name]
 
 
 def _reference_compress(q_w: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ Medians of ``triton.testing.do_bench`` (CUDA events; it flushes L2 before every 
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from sparsity_lab.checks import relative_error as relerr
 from sparsity_lab.course.results import RECORDED_DIR, save_results
-from sparsity_lab.timing import graph_ms, host_us, loop_ms
+from sparsity_lab.timing import bench_ms, graph_ms, host_us, loop_ms, resolve_device
 
 MLP_SIZES = ((4096, 4096), (4096, 14336), (14336, 4096))
 TOKENS = (16, 128, 1024, 4096, 16384)
@@ -46,26 +46,12 @@ def shapes(quick: bool = False) -> list[tuple[int, int, int]]:
     return out
 
 
-def bench_ms(fn: Callable[[], object]) -> float:
-    """Median milliseconds of `fn` (triton.testing.do_bench: events, L2 flushed before each call)."""
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
-
-
-
-
-
-
-
-
 def measure_linear(m: int, k: int, n: int, dtype: torch.dtype, log: Callable[[str], None] = print) -> dict:
     """Every timing and check of one shape."""
+    from sparsity_lab.dispatch import Dispatcher
     from sparsity_lab.semi24.compress_kernel import prune_and_compress
     from sparsity_lab.semi24.cusparselt import Semi24Weight
-    from sparsity_lab.semi24.layer import Dispatcher, Semi24Linear
+    from sparsity_lab.semi24.layer import Semi24Key, Semi24Linear
 
     gen = torch.Generator(device="cuda").manual_seed(m * 7 + k * 3 + n)
     x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
@@ -106,7 +92,7 @@ def measure_linear(m: int, k: int, n: int, dtype: torch.dtype, log: Callable[[st
         row["torch_error"] = str(err)[:200]
     layer = Semi24Linear(pruned, None, dispatcher=Dispatcher(), prune=False)
     row["dispatch_relerr"] = relerr(layer(x), ref)
-    row["dispatch_sparse"] = layer.dispatcher.decisions[(m, k, n, dtype, "cusparselt")].sparse
+    row["dispatch_sparse"] = layer.dispatcher.decisions[Semi24Key(m, k, n, dtype, "cusparselt")].choice == "sparse"
     row["dispatch_ms"] = bench_ms(lambda: layer(x))
     row["dispatch_over_dense"] = row["dispatch_ms"] / row["dense_ms"]
     log(" ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()))
@@ -179,7 +165,7 @@ def measure_model(log: Callable[[str], None] = print) -> list[dict]:
     the same block after `sparsify_(block, Semi24Config())`, at a decode and a prefill token count."""
     from torch import nn
 
-    from sparsity_lab.semi24.layer import Dispatcher
+    from sparsity_lab.dispatch import Dispatcher
     from sparsity_lab.sparsify import Semi24Config, sparsify_
 
     class MLP(nn.Module):
@@ -248,8 +234,8 @@ def run(quick: bool = False, dtypes: tuple[torch.dtype, ...] = (torch.float16, t
     from sparsity_lab.semi24 import cusparselt
 
     cusparselt.load_library()
-    figures: dict = {"cusparselt_library": cusparselt.library_path(), "layout": cusparselt.DEFAULT_LAYOUT,
-                     "search": cusparselt.SEARCH,
+    figures: dict = {"cusparselt_library": cusparselt.library_path(),
+                     "cusparselt_options": dataclasses.asdict(cusparselt.CusparseLtOptions()),
                      "cusparselt_version": ".".join(map(str, cusparselt.version())),
                      "quick": quick}
     figures["compressors"] = measure_compressors(log=log)
@@ -277,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="three shapes, float16 only")
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / "semi24_gpu.json", help="results file to write")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench semi24 needs a CUDA GPU; recorded results: sparsity_lab/recorded/semi24_gpu.json",
-              file=sys.stderr)
+    if resolve_device("cuda", "semi24_gpu.json") is None:
         return 2
     figures = run(quick=args.quick, dtypes=(torch.float16,) if args.quick else (torch.float16, torch.bfloat16))
     path = save_results("semi24_gpu", figures, args.out)

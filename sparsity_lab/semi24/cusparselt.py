@@ -8,26 +8,25 @@ is done once:
    matrix, prunes it if asked (cuSPARSELt's strip pruning keeps the two largest |w| of each 1x4 group) and
    compresses it (values + metadata in cuSPARSELt's own layout, an opaque byte buffer).
 2. The first call of `Semi24Weight.linear` for a token count M builds a plan for that shape: dense and output
-   descriptors, the matmul descriptor, an algorithm choice (``SEARCH = "library"``: cusparseLtMatmulSearch
-   times cuSPARSELt's kernels for this shape once; ``"time"`` does it ourselves; ``"default"`` skips it), the
-   final plan and its workspace. The plan is cached under a `PlanKey` (shapes, dtypes, layout, bias) and
-   shared by every weight of that shape.
+   descriptors, the matmul descriptor, an algorithm choice (`CusparseLtOptions.search`: ``"library"`` has
+   cusparseLtMatmulSearch time cuSPARSELt's kernels for this shape once; ``"time"`` does it ourselves;
+   ``"default"`` skips it), the final plan and its workspace. The plan is cached under a `PlanKey` (shapes, dtypes,
+   bias, x's order, the options) and shared by every weight of that shape.
 3. Every later call is one ``cusparseLtMatmul`` launch on torch's current stream, so it also records into a
    CUDA graph. The eager hot path (`Semi24Weight.linear` after the first call of a signature) is one dict lookup,
    one ``new_empty_strided`` for y and one ctypes call whose arguments are pre-built (`_Launch`); the stream comes
-   from ``torch._C._cuda_getCurrentRawStream`` (0.1 us against 7-9 us for ``current_stream().cuda_stream``,
-   measured on the H100 host). That call alone costs ~13 us of host time there (cuSPARSELt's own launch code),
-   so a decode-size matmul (~10 us kernel) stays host-bound in eager mode; `sparsity_lab.semi24.layer.capture`
-   replays such steps from a CUDA graph.
+   from ``torch._C._cuda_getCurrentRawStream`` (much cheaper than ``current_stream().cuda_stream``). That call
+   alone costs ~13 us of host time on an H100 host (cuSPARSELt's own launch code), so a decode-size matmul
+   (~10 us kernel) stays host-bound in eager mode; `sparsity_lab.semi24.layer.capture` replays such steps from a
+   CUDA graph.
 
 The transpose trick: ``nn.Linear`` computes y = x Wᵀ with x (M, K) and W (N, K), while cuSPARSELt wants the
-structured operand first. We compute D = W · xᵀ (N x M): xᵀ is x itself read with opB = TRANSPOSE (no copy).
-D comes back row-major, i.e. yᵀ, and `Semi24Weight.linear` returns y as the transposed view ``D.t()`` -- what
-PyTorch's own 2:4 ``F.linear`` returns too (``DEFAULT_LAYOUT = "W.xT/D-row"``). Two other layouts are kept for
-experiments: D column-major (y row-major directly, ``"W.xT/D-col"``) and W as the sparse *second* operand
-(``"x.WT/sparse-B"``). Measured on an H100 with cuSPARSELt 0.8 (``scripts/notes/``): their default kernels are
-about 2x slower, and searching their algorithms hits kernels that fail (INTERNAL_ERROR, illegal instruction), so
-only the default layout searches (`SEARCHABLE_LAYOUTS`).
+structured operand first. We compute D = W · xᵀ (N x M): W is the structured A, xᵀ is x itself read with
+opB = TRANSPOSE (no copy). D comes back row-major, i.e. yᵀ, and `Semi24Weight.linear` returns y as the transposed
+view ``D.t()`` -- what PyTorch's own 2:4 ``F.linear`` returns too. A column-major x (such a view, from the layer
+before) is read as it lies (`CusparseLtOptions.column_major_x`). This is the one layout the binding has: the
+others measured (D column-major, W as the second operand) were slower and their algorithm search crashed; the
+measurements are in docs/performance/semi24.md.
 
 int8: int8 x int8 with int32 accumulation, written as int32, int8 or float16/bfloat16 with a per-tensor scale
 ``alpha`` (y = alpha · x Wᵀ), for quantized weights and activations.
@@ -37,13 +36,15 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import os
+import statistics
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from sparsity_lab.timing import event_ms
 
 if TYPE_CHECKING:
     from sparsity_lab.semi24.value_slots import ValueSlots
@@ -229,74 +230,52 @@ def handle(device: torch.device) -> _Opaque:
     return _HANDLES[index]
 
 
-# -------------------------------------------------------------------------------------------------- layouts
+# -------------------------------------------------------------------------------------------------- options
+SEARCH_MODES = ("time", "library", "default")
+
+
 @dataclass(frozen=True)
-class Layout:
-    """How y (M, N) = x (M, K) · Wᵀ is posed to cuSPARSELt, with x and W row-major as PyTorch holds them.
+class CusparseLtOptions:
+    """How plans are built, part of every `PlanKey`: `search` picks a new plan's algorithm (see `Plan`);
+    `column_major_x` reads a column-major x (a previous 2:4 layer's transposed output, or its gradient) as it lies
+    instead of copying it to row-major first; `search_column_major_x` searches those plans too (else "default")."""
 
-    ``sparse="A"``: D = W · xᵀ (N x M): W is the structured A (N x K, row-major, opA = N) and x is B read with
-    opB = TRANSPOSE (the bytes of x are xᵀ in column-major order, so nothing is copied). D in column-major
-    order (``d_order=COL``, ld N) is y itself, row-major; D in row-major order is yᵀ, and y is returned as
-    the transposed view ``D.t()`` (what PyTorch's own 2:4 ``F.linear`` returns).
-    ``sparse="B"``: D = x · Wᵀ (M x N): x is the dense A (opA = N) and W the structured B read with
-    opB = TRANSPOSE; D row-major is y.
-    """
+    search: str = "library"
+    column_major_x: bool = True
+    search_column_major_x: bool = True
 
-    name: str
-    sparse: str
-    d_order: int
+    def __post_init__(self) -> None:
+        if self.search not in SEARCH_MODES:
+            raise ValueError(f"search must be one of {SEARCH_MODES}, got {self.search!r}")
 
-    @property
-    def out_transposed(self) -> bool:
-        """True when the kernel writes yᵀ and `linear` returns a transposed view of it."""
-        return self.sparse == "A" and self.d_order == ORDER_ROW
-
-    def dense_shape(self, m: int, k: int, x_order: int = ORDER_ROW) -> tuple[int, int, int]:
-        """(rows, cols, ld) of x (M, K) as stored: row-major (ld K) or column-major (ld M)."""
-        return (m, k, k) if x_order == ORDER_ROW else (m, k, m)
-
-    def output_shape(self, m: int, n: int) -> tuple[int, int, int]:
-        """(rows, cols, ld) of the output descriptor D."""
-        if self.sparse == "B":
-            return (m, n, n)
-        return (n, m, n) if self.d_order == ORDER_COL else (n, m, m)
-
-    def ops(self) -> tuple[int, int]:
-        """(opA, opB): the dense x is never transposed in memory; the one transposed read is flagged."""
-        return (OP_N, OP_T)
+    def plan_search(self, x_order: int) -> str:
+        """The search a new plan for an x stored in `x_order` runs."""
+        return self.search if x_order == ORDER_ROW or self.search_column_major_x else "default"
 
 
-LAYOUTS = {
-    "W.xT/D-row": Layout("W.xT/D-row", "A", ORDER_ROW),
-    "W.xT/D-col": Layout("W.xT/D-col", "A", ORDER_COL),
-    "x.WT/sparse-B": Layout("x.WT/sparse-B", "B", ORDER_ROW),
-}
-DEFAULT_LAYOUT = "W.xT/D-row"
-SEARCHABLE_LAYOUTS = frozenset({"W.xT/D-row"})  # the others crash some algorithm ids (see the module docstring)
+def dense_shape(m: int, k: int, x_order: int = ORDER_ROW) -> tuple[int, int, int]:
+    """(rows, cols, ld) of x (M, K) as stored: row-major (ld K) or column-major (ld M); read with opB = TRANSPOSE."""
+    return (m, k, k) if x_order == ORDER_ROW else (m, k, m)
 
 
-def choose_layout(name: str | None = None) -> Layout:
-    """The layout named, or `DEFAULT_LAYOUT` (chosen by measurement on an H100; see the module docstring)."""
-    if name is None:
-        return LAYOUTS[DEFAULT_LAYOUT]
-    if name not in LAYOUTS:
-        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {name!r}")
-    return LAYOUTS[name]
+def output_shape(m: int, n: int) -> tuple[int, int, int]:
+    """(rows, cols, ld) of the output D = W · xᵀ, row-major (N x M, ld M): yᵀ, returned as the view y = D.t()."""
+    return (n, m, m)
 
 
 @dataclass(frozen=True)
 class PlanKey:
-    """What a cached plan depends on: every shape, dtype, layout and attribute baked into it."""
+    """What a cached plan depends on: every shape, dtype, attribute and option baked into it."""
 
     m: int
     k: int
     n: int
     dtype: torch.dtype
     out_dtype: torch.dtype
-    layout: str
     bias_ptr: int
     device: int
-    x_order: int = ORDER_ROW  # ORDER_COL: x (M, K) is column-major (xᵀ contiguous) and is read as it lies
+    x_order: int  # ORDER_COL: x (M, K) is column-major (xᵀ contiguous) and is read as it lies
+    options: CusparseLtOptions
 
 
 def check_linear_shapes(x_shape: tuple[int, ...], weight_shape: tuple[int, int], dtype: torch.dtype) -> None:
@@ -325,13 +304,6 @@ class AlgChoice:
     split_k_buffers: int
 
 
-SEARCH_MODES = ("time", "library", "default")
-SEARCH = "library"  # how new plans pick their algorithm (module-wide default; see Plan)
-# A column-major x (a previous 2:4 layer's transposed output, or its gradient) is described to cuSPARSELt as it
-# lies (x_order=ORDER_COL) instead of copied to row-major (SPARSITY_LAB_COLUMN_MAJOR_X=0 turns it off); and
-# whether such plans search algorithms too.
-COLUMN_MAJOR_X = os.environ.get("SPARSITY_LAB_COLUMN_MAJOR_X", "1") != "0"
-SEARCH_COLUMN_MAJOR_X = True
 _PLANS: dict[PlanKey, Plan] = {}
 _CHOSEN: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the choice does not depend on the bias
 
@@ -339,20 +311,15 @@ _CHOSEN: dict[PlanKey, AlgChoice] = {}  # keyed with bias_ptr=0: the choice does
 class Plan:
     """One cuSPARSELt matmul plan with its descriptors, chosen algorithm and workspace, ready to launch.
 
-    A plan does not hold the weight's data pointer, so all weights of one shape, dtype and layout share it.
-    `search`: "default" takes cuSPARSELt's heuristic choice; "time" builds a plan per algorithm id, times each
-    and keeps the fastest; "library" asks ``cusparseLtMatmulSearch``. Each alternative gets fresh opaque
-    structs (a destroyed plan is never re-initialized in place)."""
+    A plan does not hold the weight's data pointer, so all weights of one shape, dtype and options share it.
+    Its search (`CusparseLtOptions.plan_search`): "default" takes cuSPARSELt's heuristic choice; "time" builds a
+    plan per algorithm id, times each and keeps the fastest; "library" asks ``cusparseLtMatmulSearch``. Each
+    alternative gets fresh opaque structs (a destroyed plan is never re-initialized in place)."""
 
-    def __init__(self, weight: Semi24Weight, key: PlanKey, sample_x: torch.Tensor, search: str = "default") -> None:
-        if search not in SEARCH_MODES:
-            raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
+    def __init__(self, weight: Semi24Weight, key: PlanKey, sample_x: torch.Tensor) -> None:
         lib = load_library()
+        search = key.options.plan_search(key.x_order)
         self.key = key
-        self.layout = LAYOUTS[key.layout]
-        if self.layout.sparse != weight.role:
-            raise CusparseLtError(f"layout {key.layout} needs W compressed as operand {self.layout.sparse}, "
-                                  f"this weight was compressed as operand {weight.role}")
         self._lib = lib
         self._handle = weight.handle
         self._weight_descriptor = weight.descriptor  # the matmul descriptor refers to it: keep it alive
@@ -365,19 +332,18 @@ class Plan:
         self._streams = (ctypes.c_void_p * 1)()
         self._spare: list[tuple[_Opaque, _Opaque]] = []  # plans tried and not kept
         h = self._handle.ptr
-        rows, cols, ld = self.layout.dense_shape(key.m, key.k, key.x_order)
+        rows, cols, ld = dense_shape(key.m, key.k, key.x_order)
         check(lib.cusparseLtDenseDescriptorInit(h, self.dense.ptr, rows, cols, ld, ALIGNMENT,
                                                 CUDA_DTYPES[key.dtype], key.x_order),
               f"cusparseLtDenseDescriptorInit(x {key.m}x{key.k})")
-        rows, cols, ld = self.layout.output_shape(key.m, key.n)
+        rows, cols, ld = output_shape(key.m, key.n)
         check(lib.cusparseLtDenseDescriptorInit(h, self.out.ptr, rows, cols, ld, ALIGNMENT,
-                                                CUDA_DTYPES[key.out_dtype], self.layout.d_order),
-              f"cusparseLtDenseDescriptorInit(out {rows}x{cols} {key.out_dtype}, {key.layout})")
-        op_a, op_b = self.layout.ops()
-        a, b = (weight.descriptor, self.dense) if self.layout.sparse == "A" else (self.dense, weight.descriptor)
-        check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, op_a, op_b, a.ptr, b.ptr, self.out.ptr,
-                                                 self.out.ptr, compute_type(key.dtype, weight.lib_version)),
-              f"cusparseLtMatmulDescriptorInit({key.dtype} -> {key.out_dtype}, {key.layout})")
+                                                CUDA_DTYPES[key.out_dtype], ORDER_ROW),
+              f"cusparseLtDenseDescriptorInit(out {rows}x{cols} {key.out_dtype})")
+        check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, OP_N, OP_T, weight.descriptor.ptr,
+                                                 self.dense.ptr, self.out.ptr, self.out.ptr,
+                                                 compute_type(key.dtype, weight.lib_version)),
+              f"cusparseLtMatmulDescriptorInit({key.dtype} -> {key.out_dtype})")
         if key.bias_ptr:
             self._bias = ctypes.c_void_p(key.bias_ptr)
             check(lib.cusparseLtMatmulDescSetAttribute(h, self.matmul.ptr, BIAS_POINTER, ctypes.byref(self._bias),
@@ -397,8 +363,8 @@ class Plan:
             self._build(None)
             out = self._new_output(sample_x.device)
             self._streams[0] = torch.cuda.current_stream(sample_x.device).cuda_stream
-            a_ptr, b_ptr = self._operands(weight.compressed.data_ptr(), sample_x)
-            check(lib.cusparseLtMatmulSearch(h, self.plan.ptr, ctypes.byref(self.alpha), a_ptr, b_ptr,
+            check(lib.cusparseLtMatmulSearch(h, self.plan.ptr, ctypes.byref(self.alpha),
+                                             weight.compressed.data_ptr(), sample_x.data_ptr(),
                                              ctypes.byref(self.beta), out.data_ptr(), out.data_ptr(),
                                              self.workspace.data_ptr(), self._streams, 1),
                   "cusparseLtMatmulSearch")
@@ -406,13 +372,9 @@ class Plan:
         self.choice = self._read_choice()
         _CHOSEN.setdefault(choice_key, self.choice)
 
-    def _operands(self, weight_ptr: int, x: torch.Tensor) -> tuple[int, int]:
-        return (weight_ptr, x.data_ptr()) if self.layout.sparse == "A" else (x.data_ptr(), weight_ptr)
-
     def _new_output(self, device: torch.device) -> torch.Tensor:
-        rows, cols, _ = self.layout.output_shape(self.key.m, self.key.n)
-        shape = (cols, rows) if self.layout.d_order == ORDER_COL else (rows, cols)
-        return torch.empty(shape, dtype=self.key.out_dtype, device=device)
+        rows, cols, _ = output_shape(self.key.m, self.key.n)
+        return torch.empty((rows, cols), dtype=self.key.out_dtype, device=device)
 
     def _build(self, choice: AlgChoice | None) -> None:
         """Fresh algorithm selection and plan (with `choice` when given), and a workspace for them."""
@@ -460,31 +422,23 @@ class Plan:
               "cusparseLtMatmulAlgGetAttribute(CONFIG_MAX_ID)")
         out = self._new_output(x.device)
         built: dict[int, tuple[_Opaque, _Opaque, torch.Tensor]] = {}
-        samples: dict[int, list[float]] = {}
+        first: dict[int, float] = {}
 
-        def run(alg_id: int) -> float:
+        def run(alg_id: int, warmup: int = 0, reps: int = 1) -> float:
             self.alg, self.plan, self.workspace = built[alg_id]
             self._workspace_ptr = self.workspace.data_ptr()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.launch(weight_ptr, x, out)
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
+            return event_ms(lambda: self.launch(weight_ptr, x, out), warmup, reps)
 
         for alg_id in range(max(count.value, 1)):
             self._build(AlgChoice(alg_id, 1, 0, 0))
             built[alg_id] = (self.alg, self.plan, self.workspace)
-            run(alg_id)
-            run(alg_id)
-            samples[alg_id] = sorted(run(alg_id) for _ in range(5))
-        first = {a: t[len(t) // 2] for a, t in samples.items()}
+            first[alg_id] = run(alg_id, warmup=2, reps=5)
         best = sorted(first, key=first.get)[:finalists]
         rounds: dict[int, list[float]] = {a: [] for a in best}
         for _ in range(20):
             for alg_id in best:
                 rounds[alg_id].append(run(alg_id))
-        self.timings = {a: sorted(t)[len(t) // 2] for a, t in rounds.items()}
+        self.timings = {a: statistics.median(t) for a, t in rounds.items()}
         self.timings.update({a: t for a, t in first.items() if a not in self.timings})
         winner = min(best, key=lambda a: self.timings[a])
         self.alg, self.plan, self.workspace = built[winner]
@@ -493,17 +447,13 @@ class Plan:
             pair for pair in self._spare if all(pair[1] is not b[1] for b in built.values())]
 
     def launch(self, weight_ptr: int, x: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> None:
-        """Enqueue one cusparseLtMatmul on torch's current stream: out = alpha · x Wᵀ (+ bias), W at `weight_ptr`."""
-        a_ptr, b_ptr = self._operands(weight_ptr, x)
-        self.launch_raw(a_ptr, b_ptr, out.data_ptr(), alpha, _current_raw_stream(self.key.device))
-
-    def launch_raw(self, a_ptr: int, b_ptr: int, out_ptr: int, alpha: float, stream: int) -> None:
-        """The launch with everything already as integers: the eager hot path (a few microseconds of host time)."""
+        """Enqueue one cusparseLtMatmul on torch's current stream: out = alpha · x Wᵀ (+ bias), W at `weight_ptr`
+        (the algorithm timing's call; `Semi24Weight.linear` launches through a pre-built `_Launch`)."""
         self.alpha.value = alpha
-        self._streams[0] = stream
-        status = self._lib.cusparseLtMatmul(self._handle.ptr, self.plan.ptr, self._alpha_ref, a_ptr, b_ptr,
-                                            self._beta_ref, out_ptr, out_ptr, self._workspace_ptr,
-                                            self._streams, 1)
+        self._streams[0] = _current_raw_stream(self.key.device)
+        status = self._lib.cusparseLtMatmul(self._handle.ptr, self.plan.ptr, self._alpha_ref, weight_ptr,
+                                            x.data_ptr(), self._beta_ref, out.data_ptr(), out.data_ptr(),
+                                            self._workspace_ptr, self._streams, 1)
         if status:
             check(status, "cusparseLtMatmul")
 
@@ -518,10 +468,10 @@ class Plan:
             pass
 
 
-def _reads_column_major(x: torch.Tensor, layout: Layout) -> bool:
-    """Whether x (M, K) is column-major (xᵀ contiguous, e.g. a previous 2:4 layer's output) and `COLUMN_MAJOR_X`
-    lets the plan read it in place instead of copying it to row-major first."""
-    return (COLUMN_MAJOR_X and layout.sparse == "A" and x.dim() == 2 and x.shape[0] > 1 and x.shape[1] > 1
+def _reads_column_major(x: torch.Tensor, options: CusparseLtOptions) -> bool:
+    """Whether x (M, K) is column-major (xᵀ contiguous, e.g. a previous 2:4 layer's output) and `options` let the
+    plan read it in place instead of copying it to row-major first."""
+    return (options.column_major_x and x.dim() == 2 and x.shape[0] > 1 and x.shape[1] > 1
             and x.stride() == (1, x.shape[0]))
 
 
@@ -553,12 +503,10 @@ class _Launch:
     output's shape, strides, dtype and device. The eager hot path only reads these attributes."""
 
     __slots__ = ("owner", "plan", "fn", "handle", "alpha", "alpha_ref", "beta_ref", "weight", "workspace",
-                 "streams", "sparse_a", "out_shape", "out_stride", "like", "device_index",
-                 "contiguous", "late_bias")
+                 "streams", "out_shape", "out_stride", "like", "device_index", "contiguous")
 
     def __init__(self, plan: Plan, weight_ptr: int, out_shape: tuple[int, int], out_stride: tuple[int, int],
-                 out_dtype: torch.dtype, device: torch.device, contiguous: bool,
-                 late_bias: torch.Tensor | None) -> None:
+                 out_dtype: torch.dtype, device: torch.device, contiguous: bool) -> None:
         self.owner = plan  # keeps the plan (and its workspace) alive even after `clear_plans`
         self.plan = plan.plan.ptr
         self.fn = plan._lib.cusparseLtMatmul
@@ -568,31 +516,32 @@ class _Launch:
         self.weight = ctypes.c_void_p(weight_ptr)
         self.workspace = ctypes.c_void_p(plan._workspace_ptr)
         self.streams = (ctypes.c_void_p * 1)()
-        self.sparse_a = plan.layout.sparse == "A"
         self.out_shape, self.out_stride = out_shape, out_stride
         self.like = torch.empty(0, dtype=out_dtype, device=device)  # new_empty_strided parses fewer arguments
         self.device_index = plan.key.device
-        self.contiguous, self.late_bias = contiguous, late_bias
+        self.contiguous = contiguous
 
 
 # -------------------------------------------------------------------------------------------------- weight
+_W_OPERAND = (1, OP_N)  # (isSparseA, op) for prune, compress and their check: W is the structured A, as it lies
+
+
 class Semi24Weight:
-    """A 2:4 weight W (N, K) compressed by cuSPARSELt as operand `role` ("A" or "B" of its matmul); matmul
-    plans are cached per `PlanKey` and shared by all weights of the same shape, dtype and layout."""
+    """A 2:4 weight W (N, K) compressed by cuSPARSELt; matmul plans are cached per `PlanKey` and shared by all
+    weights of the same shape, dtype and `options`."""
 
     def __init__(self, weight_shape: tuple[int, int], dtype: torch.dtype, device: torch.device,
-                 role: str = "A") -> None:
-        """An empty weight of this shape, with its structured descriptor (use `from_dense` to fill it)."""
+                 options: CusparseLtOptions = CusparseLtOptions()) -> None:
+        """An empty weight of this shape, with its structured descriptor (use `from_dense` to fill it); its plans
+        are built with `options`."""
         if dtype not in INPUT_DTYPES:
             raise TypeError(f"weight dtype must be one of {INPUT_DTYPES}, got {dtype}")
-        if role not in ("A", "B"):
-            raise ValueError(f"role must be 'A' or 'B', got {role!r}")
         self.lib = load_library()
         self.lib_version = version()
         self.shape = tuple(weight_shape)
         self.dtype = dtype
         self.device = device
-        self.role = role
+        self.options = options
         self.handle = handle(device)
         self.descriptor = _Opaque()
         n, k = self.shape
@@ -602,22 +551,18 @@ class Semi24Weight:
         self.compressed = torch.empty(0, dtype=torch.uint8, device=device)
         self._calls: dict[tuple, _Launch] = {}  # per call signature: everything `linear` needs, checked once
 
-    @property
-    def _operand(self) -> tuple[int, int]:
-        """(isSparseA, op) for prune/compress: W is A read as is, or B read transposed."""
-        return (1, OP_N) if self.role == "A" else (0, OP_T)
-
     @classmethod
-    def from_dense(cls, dense: torch.Tensor, prune: bool = False, layout: str | None = None) -> Semi24Weight:
+    def from_dense(cls, dense: torch.Tensor, prune: bool = False,
+                   options: CusparseLtOptions = CusparseLtOptions()) -> Semi24Weight:
         """Compress a CUDA weight (N, K) that is 2:4 already (or prune it first with cuSPARSELt's strip pruning
-        when `prune=True`: the two largest |w| of each group of four are kept) for `layout`'s operand role."""
+        when `prune=True`: the two largest |w| of each group of four are kept); its plans use `options`."""
         if dense.dim() != 2:
             raise ValueError(f"dense must be 2-D (out_features, in_features), got shape {tuple(dense.shape)}")
         check_linear_shapes((16, dense.shape[1]), tuple(dense.shape), dense.dtype)
         dense = dense.contiguous()
-        weight = cls(tuple(dense.shape), dense.dtype, dense.device, role=choose_layout(layout).sparse)
+        weight = cls(tuple(dense.shape), dense.dtype, dense.device, options)
         lib, h = weight.lib, weight.handle
-        is_a, op = weight._operand
+        is_a, op = _W_OPERAND
         stream = ctypes.c_void_p(torch.cuda.current_stream(dense.device).cuda_stream)
         if prune:
             pruned = torch.empty_like(dense)
@@ -643,15 +588,15 @@ class Semi24Weight:
             raise ValueError(f"recompress needs a {self.shape} {self.dtype} tensor on {self.compressed.device}, "
                              f"got {tuple(dense.shape)} {dense.dtype} on {dense.device}")
         dense = dense.contiguous()
-        is_a, op = self._operand
+        is_a, op = _W_OPERAND
         check(self.lib.cusparseLtSpMMACompress2(self.handle.ptr, self.descriptor.ptr, is_a, op, dense.data_ptr(),
                                                 self.compressed.data_ptr(), self._scratch.data_ptr(),
                                                 ctypes.c_void_p(_current_raw_stream(dense.device.index))),
               "cusparseLtSpMMACompress2")
 
     def learn_value_slots(self, mask: torch.Tensor) -> ValueSlots:
-        """Where this weight's buffer keeps each kept value of the 2:4 `mask` (`sparsity_lab.semi24.value_slots`), so a
-        weight with that mask can be written by `ValueSlots.write(self.compressed, dense)` instead of compressed.
+        """Where this weight's buffer keeps each kept value of the 2:4 `mask` (`sparsity_lab.semi24.value_slots`), so
+        a weight with that mask can be written by `ValueSlots.write(self.compressed, dense)` instead of compressed.
         Runs cuSPARSELt's compress on probes, overwriting the buffer: write or compress the real weight after."""
         from sparsity_lab.semi24 import value_slots
 
@@ -665,27 +610,18 @@ class Semi24Weight:
         """cuSPARSELt's own check that `dense` (shaped like this weight) is 2:4 along its rows."""
         valid = torch.zeros(1, dtype=torch.int32, device=dense.device)
         stream = ctypes.c_void_p(torch.cuda.current_stream(dense.device).cuda_stream)
-        is_a, op = self._operand
+        is_a, op = _W_OPERAND
         check(self.lib.cusparseLtSpMMAPruneCheck2(self.handle.ptr, self.descriptor.ptr, is_a, op,
                                                   dense.contiguous().data_ptr(), valid.data_ptr(), stream),
               "cusparseLtSpMMAPruneCheck2")
         return int(valid.item()) == 0
 
-    def default_layout(self) -> str:
-        """`DEFAULT_LAYOUT` when it fits this weight's role, else the first layout that does."""
-        if LAYOUTS[DEFAULT_LAYOUT].sparse == self.role:
-            return DEFAULT_LAYOUT
-        return next(name for name, lay in LAYOUTS.items() if lay.sparse == self.role)
-
-    def plan_for(self, x: torch.Tensor, out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-                 layout: str | None = None, search: str | None = None) -> Plan:
-        """The cached plan for this x (M, K), output dtype, bias and layout; built (and searched) on first use."""
+    def plan_for(self, x: torch.Tensor, out_dtype: torch.dtype, bias: torch.Tensor | None = None) -> Plan:
+        """The cached plan for this x (M, K), output dtype and bias; built (and searched) on first use."""
         key = PlanKey(m=x.shape[0], k=self.shape[1], n=self.shape[0], dtype=self.dtype, out_dtype=out_dtype,
-                      layout=choose_layout(layout or self.default_layout()).name,
                       bias_ptr=0 if bias is None else bias.data_ptr(),
                       device=x.device.index if x.device.index is not None else torch.cuda.current_device(),
-                      x_order=ORDER_COL if _reads_column_major(x, choose_layout(layout or self.default_layout()))
-                      else ORDER_ROW)
+                      x_order=ORDER_COL if _reads_column_major(x, self.options) else ORDER_ROW, options=self.options)
         plan = _PLANS.get(key)
         if plan is None:
             if torch.cuda.is_current_stream_capturing():
@@ -693,44 +629,35 @@ class Semi24Weight:
                     f"no cuSPARSELt plan for {key} yet and a CUDA graph is being captured: run the layer once "
                     "outside the capture (warm-up) so the plan is built first"
                 )
-            if search is None:
-                searchable = key.layout in SEARCHABLE_LAYOUTS and (key.x_order == ORDER_ROW or SEARCH_COLUMN_MAJOR_X)
-                search = SEARCH if searchable else "default"
-            plan = Plan(self, key, x, search=search)
+            plan = Plan(self, key, x)
             _PLANS[key] = plan
         return plan
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-               alpha: float = 1.0, layout: str | None = None) -> torch.Tensor:
+               alpha: float = 1.0) -> torch.Tensor:
         """y = alpha · x Wᵀ (+ bias) for x (M, K) on the weight's device: one cusparseLtMatmul launch once the
         plan for M exists. int8 weights take int8 x and write int32 (default), int8, float16 or bfloat16.
-        With a ``D-row`` layout y is a transposed (column-major) view, as PyTorch's own 2:4 linear returns.
+        y is a transposed (column-major) view, as PyTorch's own 2:4 linear returns.
 
-        The first call with a given signature (shape, strides, dtypes, device, bias, layout) checks everything
-        and builds a `_Launch`; later calls are one dict lookup, one ``new_empty_strided`` and one ctypes call."""
-        signature = (x.shape, x.stride(), x.dtype, x.get_device(), out_dtype, layout,
-                     None if bias is None else bias.data_ptr())
+        The first call with a given signature (shape, strides, dtypes, device, bias) checks everything and builds
+        a `_Launch`; later calls are one dict lookup, one ``new_empty_strided`` and one ctypes call."""
+        signature = (x.shape, x.stride(), x.dtype, x.get_device(), out_dtype, None if bias is None else bias.data_ptr())
         call = self._calls.get(signature)
         if call is None:
-            call = self._calls[signature] = self._prepare_call(x, bias, out_dtype, layout)
+            call = self._calls[signature] = self._prepare_call(x, bias, out_dtype)
         if call.contiguous:
             x = x.contiguous()
         out = call.like.new_empty_strided(call.out_shape, call.out_stride)  # dtype and device from the template
         call.streams[0] = _current_raw_stream(call.device_index)
         call.alpha.value = alpha
         out_ptr = out.data_ptr()
-        if call.sparse_a:
-            status = call.fn(call.handle, call.plan, call.alpha_ref, call.weight, x.data_ptr(), call.beta_ref,
-                             out_ptr, out_ptr, call.workspace, call.streams, 1)
-        else:
-            status = call.fn(call.handle, call.plan, call.alpha_ref, x.data_ptr(), call.weight, call.beta_ref,
-                             out_ptr, out_ptr, call.workspace, call.streams, 1)
+        status = call.fn(call.handle, call.plan, call.alpha_ref, call.weight, x.data_ptr(), call.beta_ref, out_ptr,
+                         out_ptr, call.workspace, call.streams, 1)
         if status:
             check(status, "cusparseLtMatmul")
-        return out if call.late_bias is None else out.add_(call.late_bias)
+        return out
 
-    def _prepare_call(self, x: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
-                      layout: str | None) -> _Launch:
+    def _prepare_call(self, x: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype | None) -> _Launch:
         """Check one call signature, build (or find) its plan and return the `_Launch` later calls reuse."""
         if x.dtype != self.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the weight is {self.dtype}")
@@ -744,17 +671,10 @@ class Semi24Weight:
         elif out_dtype != self.dtype:
             raise TypeError(f"{self.dtype} matmuls write {self.dtype}, got out_dtype={out_dtype}")
         check_linear_shapes(tuple(x.shape), self.shape, self.dtype)
-        chosen = choose_layout(layout or self.default_layout())
-        contiguous = not x.is_contiguous() and not _reads_column_major(x, chosen)
+        contiguous = not x.is_contiguous() and not _reads_column_major(x, self.options)
         if bias is not None and (bias.shape != (self.shape[0],) or bias.dtype != out_dtype):
             raise ValueError(f"bias must be ({self.shape[0]},) of {out_dtype}, got {tuple(bias.shape)} {bias.dtype}")
-        late_bias = None
-        if bias is not None and chosen.sparse == "B":
-            # cuSPARSELt adds its bias per row of D, and D = x Wᵀ has a row per token: add it afterwards
-            bias, late_bias = None, bias
-        plan = self.plan_for(x.contiguous() if contiguous else x, out_dtype, bias, chosen.name)
+        plan = self.plan_for(x.contiguous() if contiguous else x, out_dtype, bias)
         m, n = x.shape[0], self.shape[0]
-        # y (M, N) allocated directly as the view the kernel writes: column-major for the D-row layout (yᵀ)
-        out_stride = (1, m) if chosen.out_transposed else (n, 1)
-        return _Launch(plan, self.compressed.data_ptr(), (m, n), out_stride, out_dtype, x.device, contiguous,
-                       late_bias)
+        # y (M, N) allocated directly as the view the kernel writes: column-major (yᵀ row-major)
+        return _Launch(plan, self.compressed.data_ptr(), (m, n), (1, m), out_dtype, x.device, contiguous)

@@ -5,90 +5,42 @@
   forward, so the module can be built on the CPU and moved with ``.to("cuda")``).
 * `sparsify_(model, Semi24Config())` (`sparsity_lab.sparsify`) replaces a model's ``nn.Linear`` layers by
   `Semi24Linear` and reports, per layer, what it did and why.
-* `Dispatcher` chooses, per (M, K, N, dtype, backend), sparse or dense from a short measurement at first use
-  (CUDA events, median), cached; a shape goes sparse only when it measured at least `margin` faster, so a
-  swapped model is never slower than its dense self beyond timing noise. On the CPU, or for a dtype or shape the
-  2:4 kernels cannot take, the layer runs dense with the pruned weight and says why (`Semi24Linear.last_reason`).
+* A `sparsity_lab.dispatch.Dispatcher` chooses, per `Semi24Key` (M, K, N, dtype, backend), sparse or dense from a
+  short measurement at first use, cached; a shape goes sparse only when it measured at least 3% faster
+  (`DEFAULT_DISPATCHER`'s margin), so a swapped model is never slower than its dense self beyond timing noise. On
+  the CPU, or for a dtype or shape the 2:4 kernels cannot take, the layer runs dense with the pruned weight and
+  says why (`Semi24Linear.last_reason`).
 * `capture(model, example)` (`GraphedCall`) replays a model or layer from a CUDA graph at one input shape. Eager
   decode steps are host-bound: on the H100 host one eager 2:4 call costs ~14-25 us of CPU time (of which ~13 us is
   cuSPARSELt's own launch) against a ~10 us kernel at M = 16, K = N = 4096 -- and dense ``F.linear`` is
-  host-bound there too. Replaying from a graph removes that host work (scripts/notes/semi24_gpu_notes.md).
+  host-bound there too. Replaying from a graph removes that host work (docs/performance/semi24.md).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsity_lab.semi24.matmul import prune24, unavailable_reason
+from sparsity_lab.dispatch import Dispatcher
+from sparsity_lab.semi24.matmul import SPARSE_PATHS, prune24, unavailable_reason
+from sparsity_lab.timing import capture_graph
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Sparse or dense for one shape, and the measurement (ms) behind it."""
+class Semi24Key(NamedTuple):
+    """The problem a dispatcher decision is made for: tokens M, in_features K, out_features N, dtype, backend."""
 
-    sparse: bool
-    reason: str
-    sparse_ms: float | None = None
-    dense_ms: float | None = None
-
-
-def _median_ms(fn: Callable[[], object], warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    M: int
+    K: int
+    N: int
+    dtype: torch.dtype
+    backend: str
 
 
-@dataclass
-class Dispatcher:
-    """Chooses sparse or dense per shape from a measurement at first use, cached for every later call.
-
-    `margin`: sparse must take at most this fraction of dense's time (0.97: 3% faster) to be chosen.
-    """
-
-    margin: float = 0.97
-    warmup: int = 3
-    reps: int = 15
-    decisions: dict[tuple, Decision] = field(default_factory=dict)
-
-    def choose(self, key: tuple, sparse: Callable[[], object], dense: Callable[[], object]) -> Decision:
-        """The cached decision for `key`, measured now (sparse vs dense, same inputs) if there is none."""
-        decision = self.decisions.get(key)
-        if decision is not None:
-            return decision
-        if torch.cuda.is_current_stream_capturing():
-            return Decision(False, "no measurement for this shape and a CUDA graph is being captured: dense")
-        sparse_ms = _median_ms(sparse, self.warmup, self.reps)
-        dense_ms = _median_ms(dense, self.warmup, self.reps)
-        faster = sparse_ms <= self.margin * dense_ms
-        verdict = "sparse" if faster else "dense"
-        decision = Decision(faster, f"measured {sparse_ms:.4f} ms sparse vs {dense_ms:.4f} ms dense: {verdict}",
-                            sparse_ms, dense_ms)
-        self.decisions[key] = decision
-        return decision
-
-    def table(self) -> list[dict[str, object]]:
-        """The decisions so far, one row per shape (for printing and recording)."""
-        names = ("M", "K", "N", "dtype", "backend")
-        return [{**dict(zip(names, (str(v) for v in key), strict=True)), "sparse": d.sparse, "sparse_ms": d.sparse_ms,
-                 "dense_ms": d.dense_ms} for key, d in self.decisions.items()]
-
-
-DEFAULT_DISPATCHER = Dispatcher()
-BACKENDS = ("cusparselt", "torch_cslt", "cutlass")
+DEFAULT_DISPATCHER = Dispatcher(margin=0.97)
 
 
 class Semi24Linear(nn.Module):
@@ -102,8 +54,8 @@ class Semi24Linear(nn.Module):
         """`weight` (out_features, in_features) is pruned to 2:4 unless `prune=False`; `dispatcher=None` always
         runs the sparse kernel where it can (no measurement)."""
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in SPARSE_PATHS:
+            raise ValueError(f"backend must be one of {SPARSE_PATHS}, got {backend!r}")
         if weight.dim() != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
@@ -171,11 +123,11 @@ class Semi24Linear(nn.Module):
         if self.dispatcher is None:
             self.last_reason = "sparse (no dispatcher)"
             return True
-        key = (x2.shape[0], self.in_features, self.out_features, x.dtype, self.backend)
-        decision = self.dispatcher.choose(key, lambda: self.sparse_forward(x2),
-                                          lambda: F.linear(x2, self.weight, self.bias))
+        key = Semi24Key(x2.shape[0], self.in_features, self.out_features, x.dtype, self.backend)
+        decision = self.dispatcher.choose(key, lambda: {"sparse": lambda: self.sparse_forward(x2),
+                                                        "dense": lambda: F.linear(x2, self.weight, self.bias)})
         self.last_reason = decision.reason
-        return decision.sparse
+        return decision.choice == "sparse"
 
     def _route_for(self, x: torch.Tensor, key: tuple) -> tuple:
         """(sparse call or None for dense, weight pointer it was decided for), cached under `key`."""
@@ -213,21 +165,15 @@ class GraphedCall:
     kernel; a replay launches every captured kernel for a few microseconds of host time in all."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3) -> None:
-        """Run `fn` on `example` `warmup` times on a side stream (plans, dispatcher decisions and allocations are
-        made there, outside the capture), then capture one call."""
+        """Capture one call of `fn` on a copy of `example` (`sparsity_lab.timing.capture_graph`: `warmup` calls on
+        a side stream first, so plans, dispatcher decisions and allocations are made outside the capture)."""
         if not example.is_cuda:
             raise ValueError(f"CUDA graphs need a CUDA input; example is on {example.device}")
         self.fn = fn
         self.static_input = example.detach().clone()
-        stream = torch.cuda.Stream(example.device)
-        stream.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(max(warmup, 1)):
-                fn(self.static_input)
-        torch.cuda.current_stream(example.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.static_output = fn(self.static_input)
+        with torch.no_grad():
+            self.graph, self.static_output = capture_graph(lambda: fn(self.static_input), warmup=warmup,
+                                                           device=example.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape != self.static_input.shape or x.dtype != self.static_input.dtype:

@@ -1,6 +1,6 @@
 """2:4 linear layers, y = x Wᵀ (+ b), through several interchangeable backends, each checkable against dense.
 
-Backends (``PATHS``):
+Paths (``PATHS``; the first three, ``SPARSE_PATHS``, run a 2:4 kernel and are `Semi24Linear`'s backends):
 
 * ``"cusparselt"``: our ctypes binding (`sparsity_lab.semi24.cusparselt`): plan built and searched once per shape,
   then one cusparseLtMatmul launch per call.
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from sparsity_lab._optional import triton_available
 from sparsity_lab.checks import relative_error
 
-PATHS = ("cusparselt", "torch_cslt", "cutlass", "reference", "dense")
+SPARSE_PATHS = ("cusparselt", "torch_cslt", "cutlass")  # the 2:4 kernels (GPU): `Semi24Linear`'s backends
+PATHS = (*SPARSE_PATHS, "reference", "dense")
 
 
 def prune24(weight: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def unavailable_reason(path: str, device: torch.device | str, dtype: torch.dtype
     device = torch.device(device)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    if path in ("reference", "dense"):
+    if path not in SPARSE_PATHS:
         return None
     if device.type != "cuda":
         return f"{path} needs a CUDA GPU; this tensor is on {device}"
@@ -138,8 +139,6 @@ def _dense_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 def prepare(weight: torch.Tensor, path: str = "cusparselt", prune: bool = True) -> Semi24Matmul:
     """`Semi24Matmul(weight, path, prune)`: pack a weight once for repeated 2:4 matmuls."""
     return Semi24Matmul(weight, path, prune)
-
-
 
 
 def check_path(path: str, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> float:

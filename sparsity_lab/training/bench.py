@@ -19,7 +19,7 @@ dense block, on random inputs and gradients; the breakdown times each part on it
 from __future__ import annotations
 
 import argparse
-import statistics
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,21 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calls", type=int, default=5, help="back-to-back steps per timed trial")
     parser.add_argument("--out", type=Path, default=None)
     return parser
-
-
-def _time_ms(fn: Callable[[], object], cuda: bool, calls: int, trials: int) -> float:
-    """Median per-call milliseconds over `trials` of `calls` back-to-back calls after warm-up: CUDA events on
-    the GPU, the wall clock on the CPU."""
-    if cuda:
-        return loop_ms(fn, calls=calls, trials=trials)
-    fn()
-    times = []
-    for _ in range(trials):
-        begin = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - begin) * 1e3 / calls)
-    return statistics.median(times)
 
 
 def _blocks(dim: int, hidden: int, dtype: torch.dtype, device: torch.device) -> dict[str, SparseMLP]:
@@ -139,16 +124,19 @@ def check_block(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tenso
     return errors
 
 
-def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor, cuda: bool, calls: int,
+def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor, calls: int,
               trials: int) -> list[dict[str, Any]]:
     """Each part of one step on its own: the products of fc1 and fc2 (dense and 2:4), masks, compression."""
     dense, sparse = blocks["dense"], blocks["kernels only"]
     rows = []
     hidden = F.gelu(dense.fc1(x)).detach()
 
+    def timed(fn: Callable[[], object]) -> float:
+        return loop_ms(fn, calls=calls, trials=trials, device=x.device)
+
     def add(part: str, dense_fn: Callable | None, sparse_fn: Callable) -> None:
-        rows.append({"part": part, "dense_ms": None if dense_fn is None else _time_ms(dense_fn, cuda, calls, trials),
-                     "sparse_ms": _time_ms(sparse_fn, cuda, calls, trials)})
+        rows.append({"part": part, "dense_ms": None if dense_fn is None else timed(dense_fn),
+                     "sparse_ms": timed(sparse_fn)})
 
     for name, inp, g in (("fc1", x, torch.randn_like(hidden)), ("fc2", hidden, grad)):
         d_layer, s_layer = getattr(dense, name), getattr(sparse, name)
@@ -162,7 +150,7 @@ def breakdown(blocks: dict[str, SparseMLP], x: torch.Tensor, grad: torch.Tensor,
         add(f"{name} W_s + W_sᵀ (fixed mask)", None, lambda s=s_layer: sparse_pair(s.weight, s.mask, s.transpose))
         pair = sparse_pair(s_layer.weight, s_layer.mask, s_layer.transpose)[1:]
         add(f"{name} compress W_s, W_sᵀ", None, lambda b=backend, p=pair: b.load(*p))
-        if cuda and backend.load_fixed(s_layer.weight.detach(), s_layer.mask):  # where value slots work here
+        if x.is_cuda and backend.load_fixed(s_layer.weight.detach(), s_layer.mask):  # where value slots work here
             add(f"{name} gather W_s, W_sᵀ (fixed mask)", None,
                 lambda b=backend, s=s_layer: b.load_fixed(s.weight.detach(), s.mask))
     add("GELU forward", lambda h=hidden: F.gelu(h), lambda h=hidden: F.gelu(h))
@@ -188,7 +176,6 @@ def ceilings(breakdown: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.device, args) -> dict[str, Any]:
     """Check, then time, every variant at one (dtype, tokens); returns the rows and checks for the results."""
-    cuda = device.type == "cuda"
     blocks = _blocks(dim, hidden, dtype, device)
     x = torch.randn(tokens, dim, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, dim, device=device, dtype=dtype)
@@ -196,14 +183,14 @@ def run(dtype: torch.dtype, tokens: int, dim: int, hidden: int, device: torch.de
     correct = all(e < TOLERANCE[dtype] for e in errors.values())
     rows = []
     if correct:
-        dense_ms = _time_ms(_step(blocks["dense"], "dense", x, grad), cuda, args.calls, args.trials)
+        dense_ms = loop_ms(_step(blocks["dense"], "dense", x, grad), args.calls, args.trials, device)
         for variant in VARIANTS:
-            ms = _time_ms(_step(blocks[variant], variant, x, grad), cuda, args.calls, args.trials)
+            ms = loop_ms(_step(blocks[variant], variant, x, grad), args.calls, args.trials, device)
             rows.append({"dtype": str(dtype).removeprefix("torch."), "tokens": tokens, "variant": variant,
                          "dense_ms": dense_ms, "sparse_ms": ms, "speedup": dense_ms / ms})
     fixed = blocks["fixed mask"].fc1.backend()  # checked and timed above: its path is known by now
     gather = "dense backend" if fixed.name == "dense" else fixed.slots_error
-    parts = breakdown(blocks, x.detach(), grad, cuda, args.calls, args.trials) if correct else []
+    parts = breakdown(blocks, x.detach(), grad, args.calls, args.trials) if correct else []
     for part in parts:
         part.update(dtype=str(dtype).removeprefix("torch."), tokens=tokens)
     return {"rows": rows, "breakdown": parts, "check": {"dtype": str(dtype), "tokens": tokens, "errors": errors,
@@ -242,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = {"config": {"dim": dim, "hidden": hidden, "tokens": tokens, "dtypes": [str(d) for d in dtypes],
                           "trials": args.trials, "calls": args.calls, "activation": "gelu",
-                          "column_major_x": cusparselt.COLUMN_MAJOR_X, "timing": "CUDA events, eager, median"
+                          "cusparselt_options": dataclasses.asdict(cusparselt.CusparseLtOptions()),
+                          "timing": "CUDA events, eager, median"
                           if cuda else "perf_counter, median"},
                "rows": rows, "breakdown": parts, "ceilings": ceilings(parts), "checks": checks, "targets": targets,
                "all_correct": all(c["correct"] for c in checks), "wall_s": time.perf_counter() - started}

@@ -35,7 +35,7 @@ from sparsity_lab.training.masks import TRANSPOSE_MODES, masked, sparse24_mask
 from sparsity_lab.training.pair import sparse_pair
 
 MASK_MODES = ("dynamic", "fixed")
-BACKENDS = ("auto", "dense", "cusparselt")
+TRAINING_BACKENDS = ("auto", "dense", "cusparselt")
 
 
 class _Pair:
@@ -246,8 +246,8 @@ class Semi24TrainingLinear(nn.Module):
             raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
         if transpose not in TRANSPOSE_MODES:
             raise ValueError(f"transpose must be one of {TRANSPOSE_MODES}, got {transpose!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in TRAINING_BACKENDS:
+            raise ValueError(f"backend must be one of {TRAINING_BACKENDS}, got {backend!r}")
         if srste_decay < 0:
             raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
         if in_features % 4 or out_features % 4:
