@@ -32,7 +32,7 @@ def test_explorer_updates_with_the_slider():
 
     model = trained_mlp(seed=0, epochs=3, hidden=32, progress=False)
     box = magnitude_pruning_explorer(model, load_digits(), ROWS, layer="net.1")
-    slider, status, figures = box.children
+    slider, status, errors, figures = box.children
     curve, heatmap = figures.children
     slider.value = 0.9
     assert "90%" in status.value

@@ -13,13 +13,29 @@ def _formats(dense: torch.Tensor, blocksize=(2, 2)):
     return COO.from_dense(dense), CSR.from_dense(dense), BSR.from_dense(dense, blocksize)
 
 
+def _arrays(table) -> list[list]:
+    """The table's columns, one entry per array: a long array's continuation rows (empty but for the contents)
+    joined back, and the no-break spaces that keep plotly from drawing a cell blank read as spaces."""
+    columns = [[], [], [], [], [], []]
+    for row in zip(*table.cells.values, strict=True):
+        row = [v.replace(plots.NBSP, " ") if isinstance(v, str) else v for v in row]
+        if row[1] == "":
+            columns[5][-1] += " " + row[5]
+        else:
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+    return columns
+
+
 def test_arrays_figure_draws_the_stored_values_and_every_array_with_its_bytes():
     coo, csr, bsr = _formats(MATRIX)
     fig = plots.format_arrays_figure(coo, csr, bsr)
     heatmap, table = fig.data
     assert heatmap.z[0][0] == 1.5 and heatmap.z[1][3] == -2.0 and heatmap.z[0][1] is None
     assert sum(v is not None for row in heatmap.z for v in row) == csr.nnz == 3
-    formats, arrays, dtypes, lengths, nbytes, contents = table.cells.values
+    assert not any(" " in str(v) for column in table.cells.values for v in column), "plotly draws those blank"
+    assert max(len(v) for v in table.cells.values[5]) <= plots.CONTENTS_WIDTH
+    formats, arrays, dtypes, lengths, nbytes, contents = _arrays(table)
     assert list(arrays[3:6]) == ["crow_indices", "col_indices", "values"] and formats[6] == "BSR 2x2"
     assert list(contents[3:6]) == ["[0, 1, 2, 2, 3]", "[0, 3, 1]", "[1.50, -2.00, 3.00]"]
     assert contents[8] == "[[[1.50 0.00], [0.00 0.00]], [[0.00 0.00], [0.00 -2.00]], [[0.00 0.00], [0.00 3.00]]]"
@@ -34,7 +50,7 @@ def test_arrays_figure_draws_the_stored_values_and_every_array_with_its_bytes():
 def test_arrays_figure_truncates_long_arrays_and_writes_integers_plainly():
     dense = random_sparse((8, 8), 0.0, seed=0, dtype=torch.int8)
     fig = plots.format_arrays_figure(*_formats(dense), limit=5)
-    contents = fig.data[1].cells.values[5]
+    contents = _arrays(fig.data[1])[5]
     assert contents[2].endswith(", …]") and contents[2].count(",") == 5 and "." not in contents[2]
 
 
@@ -89,7 +105,7 @@ def test_explorer_redraws_from_its_controls():
 
     box = format_explorer(shape=(8, 8), sparsity=0.5)
     (sparsity, seed), (blocksize, pattern), (dtype, index_dtype) = (row.children for row in box.children[:3])
-    figure = box.children[3]
+    figure = box.children[4]
 
     def stored() -> int:
         return sum(v is not None for row in figure.data[0].z for v in row)

@@ -50,7 +50,7 @@ def test_saliency_explorer_reacts_to_method_and_sparsity():
 
     model = trained_mlp(seed=0, epochs=2, hidden=16, progress=False)
     box = saliency_explorer(model, load_digits(), methods=("magnitude", "obd-ggn"))
-    (method, slider), status, figure = box.children[0].children, box.children[1], box.children[2]
+    (method, slider), status, figure = box.children[0].children, box.children[1], box.children[3]
     slider.value = 0.5
     assert "magnitude" in status.value and "50%" in status.value
     method.value = "obd-ggn"

@@ -68,7 +68,7 @@ def test_explorer_redraws_every_pattern_from_the_slider():
     assert resolve("N:8", 0.75) == "2:8" and resolve("N:4", 0.0) == "3:4" and resolve("row", 0.5) == "row"
     model = trained_mlp(seed=0, epochs=2, hidden=32, progress=False)
     box = pattern_explorer(model, load_digits(), layer="net.1", window=(16, 64))
-    slider, figure, table = box.children
+    slider, errors, figure, table = box.children
     slider.value = 0.75
     titles = [a.text for a in figure.layout.annotations]
     assert titles[0].startswith("unstructured: 75.0% sparse") and titles[1].startswith("2:8: 75.0% sparse")

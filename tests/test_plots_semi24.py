@@ -59,7 +59,7 @@ def test_explorer_follows_dtype_and_seed():
     from sparsity_lab.semi24.widgets import compressor_explorer
 
     box = compressor_explorer(seed=0, show_rows=4)
-    (dtype_box, seed_box), status, groups, simple, cutlass = box.children[0].children, *box.children[1:]
+    (dtype_box, seed_box), status, _, groups, simple, cutlass = box.children[0].children, *box.children[1:]
     assert "float16" in status.value and "torch.int16 (32, 2)" in status.value and "<b>True</b>" in status.value
     assert len(groups.data[0].z) == 4 and len(simple.data[0].z) == 4
     dtype_box.value = "int8"

@@ -91,7 +91,8 @@ def test_mask_tiles_figure_draws_the_mask_its_transpose_and_the_tiles():
     fig = plots.mask_tiles_figure(weight, mask)
     left, right = fig.data
     assert torch.equal(torch.tensor(left.z), mask.float()) and torch.equal(torch.tensor(right.z), mask.T.float())
-    assert [a.text for a in fig.layout.annotations] == ["W ⊙ mask: 2:4 along rows ✓", "(W ⊙ mask)ᵀ: 2:4 along rows ✓"]
+    assert [a.text for a in fig.layout.annotations] == ["W ⊙ mask<br>2:4 along rows ✓",
+                                                        "(W ⊙ mask)ᵀ<br>2:4 along rows ✓"]
     vertical = [(s.xref, s.x0) for s in fig.layout.shapes if s.x0 == s.x1]
     horizontal = [(s.yref, s.y0) for s in fig.layout.shapes if s.y0 == s.y1]
     assert vertical == [("x", 3.5), ("x", 7.5), ("x2", 3.5)]  # tile borders: W is 8 x 12, its transpose 12 x 8
@@ -106,7 +107,7 @@ def test_mask_tiles_figure_marks_groups_of_the_transpose_that_break_24():
     left, right = fig.data
     assert torch.equal(torch.tensor(left.z), plain.float())
     assert torch.tensor(right.z)[0].tolist() == [2.0, 2.0, 2.0, 0.0]  # column 0 keeps 3 of 4: drawn "broken"
-    assert fig.layout.annotations[1].text == "(W ⊙ mask)ᵀ: NOT 2:4: 2 of 4 groups keep > 2"
+    assert fig.layout.annotations[1].text == "(W ⊙ mask)ᵀ<br>NOT 2:4: 2 of 4 groups keep > 2"
     with pytest.raises(ValueError, match="multiples of 4"):
         plots.mask_tiles_figure(torch.ones(6, 8), torch.ones(6, 8, dtype=torch.bool))
 
@@ -153,7 +154,7 @@ def test_mask_explorer_follows_its_controls():
     from sparsity_lab.training.widgets import mask_explorer
 
     box = mask_explorer(rows=8, cols=8, seed=0)
-    (rows_box, cols_box, seed_box), kind_box, status, figure = box.children[0].children, *box.children[1:]
+    (rows_box, cols_box, seed_box), kind_box, status, _, figure = box.children[0].children, *box.children[1:]
     assert "8 x 8, seed 0" in status.value and "transposable keeps" in status.value
     assert "2:4 along rows ✓" in figure.layout.annotations[1].text
     kind_box.value = "plain 2:4 rows"

@@ -26,19 +26,42 @@ def _number(value: float, dtype: torch.dtype) -> str:
     return f"{value:.2f}" if dtype.is_floating_point else str(int(value))
 
 
+NBSP = "\u00a0"  # plotly draws a table cell holding a space blank when its figure is first drawn off screen
+CONTENTS_WIDTH = 60  # characters per line of the contents column: fits it at the explorer's 840 px
+
+
 def _contents(tensor: torch.Tensor, limit: int) -> str:
     """An array as text, at most `limit` entries ("…" after them); floats with 2 decimals, blocks nested."""
-    flat = tensor.reshape(tensor.shape[0], -1) if tensor.ndim == 3 else tensor
-    items = []
-    for row in flat[:limit].tolist():
-        if isinstance(row, list):
-            side = tensor.shape[2]
-            rows = [row[i:i + side] for i in range(0, len(row), side)]
-            items.append("[" + ", ".join("[" + " ".join(_number(v, tensor.dtype) for v in r) + "]" for r in rows)
-                         + "]")
+    return "[" + ", ".join(_items(tensor, limit)) + (", …" if tensor.shape[0] > limit else "") + "]"
+
+
+def _items(tensor: torch.Tensor, limit: int) -> list[str]:
+    """The first `limit` entries of an array as text, in pieces joined by ", ": one per entry, or for the blocks
+    of a BSR values array one per row of a block ("[[a b]", "[c d]]"), so that lines can break inside a block."""
+    if tensor.ndim == 3:  # (blocks, bh, bw)
+        pieces = []
+        for block in tensor[:limit].tolist():
+            rows = ["[" + " ".join(_number(v, tensor.dtype) for v in row) + "]" for row in block]
+            rows[0], rows[-1] = "[" + rows[0], rows[-1] + "]"
+            pieces += rows
+        return pieces
+    return [_number(v, tensor.dtype) for v in tensor[:limit].tolist()]
+
+
+def _lines(tensor: torch.Tensor, limit: int, width: int = CONTENTS_WIDTH) -> list[str]:
+    """`_contents` broken between entries into lines of about `width` characters, each without a plain space
+    (NBSP instead): the table draws them as they are, on first draw too."""
+    items = _items(tensor, limit) + (["…"] if tensor.shape[0] > limit else [])
+    lines = ["["]
+    for i, item in enumerate(items):
+        piece = item + ("]" if i == len(items) - 1 else ",")
+        if len(lines[-1]) > 1 and len(lines[-1]) + 1 + len(piece) > width:
+            lines.append(piece)
         else:
-            items.append(_number(row, tensor.dtype))
-    return "[" + ", ".join(items) + (", …" if flat.shape[0] > limit else "") + "]"
+            lines[-1] += ("" if lines[-1] == "[" else " ") + piece
+    if not items:
+        lines[-1] += "]"
+    return [line.replace(" ", NBSP) for line in lines]
 
 
 def _array_rows(coo: COO, csr: CSR, bsr: BSR) -> list[tuple[str, str, torch.Tensor]]:
@@ -53,7 +76,9 @@ def _array_rows(coo: COO, csr: CSR, bsr: BSR) -> list[tuple[str, str, torch.Tens
 def format_arrays_figure(coo: COO, csr: CSR, bsr: BSR, title: str | None = None,
                          limit: int = 48) -> plotly.graph_objects.Figure:  # noqa: F821
     """The matrix as a heatmap (stored values written in, BSR's stored blocks outlined) above a table of every
-    array of its COO, CSR and BSR forms with its dtype, length and bytes (`limit` entries shown per array)."""
+    array of its COO, CSR and BSR forms with its dtype, length and bytes (`limit` entries shown per array; a long
+    array goes on over the rows below its own, whose other cells are empty). No table cell holds a plain space
+    (NBSP instead: see `NBSP`). An empty matrix (nothing stored) draws empty arrays."""
     go = require("plotly.graph_objects")
     subplots = require("plotly.subplots")
     if not coo.shape == csr.shape == bsr.shape:
@@ -64,29 +89,38 @@ def format_arrays_figure(coo: COO, csr: CSR, bsr: BSR, title: str | None = None,
     z = [[float(v) if s else None for v, s in zip(row, keep, strict=True)]
          for row, keep in zip(dense.tolist(), stored.tolist(), strict=True)]
     text = [[_number(v, csr.dtype) if v is not None else "" for v in row] for row in z]
-    rows = _array_rows(coo, csr, bsr)
-    fig = subplots.make_subplots(rows=2, cols=1, row_heights=[0.45, 0.55], vertical_spacing=0.06,
+    table: list[list[Any]] = [[], [], [], [], [], []]
+    for fmt, name, tensor in _array_rows(coo, csr, bsr):
+        for i, line in enumerate(_lines(tensor, limit)):
+            first = i == 0
+            for column, value in enumerate((fmt.replace(" ", NBSP), name.replace(" ", NBSP),
+                                            str(tensor.dtype).removeprefix("torch."), tensor.shape[0],
+                                            tensor.numel() * tensor.element_size())):
+                table[column].append(value if first else "")
+            table[5].append(line)
+    rows, cols = csr.shape
+    heat = max(160, 34 * rows)  # px: square cells of about 34 px, room for their 2-decimal values
+    listed = 28 + 20 * len(table[5]) + 10
+    fig = subplots.make_subplots(rows=2, cols=1, row_heights=[heat, listed], vertical_spacing=40 / (heat + listed),
                                  specs=[[{"type": "heatmap"}], [{"type": "table"}]])
     fig.add_trace(go.Heatmap(z=z, text=text, texttemplate="%{text}", colorscale="RdBu", zmid=0, showscale=False,
                              xgap=1, ygap=1, hoverongaps=False, name="matrix"), row=1, col=1)
     fig.add_trace(go.Table(
-        columnwidth=[1.1, 1.6, 0.8, 0.7, 0.7, 7],
+        columnwidth=[1.1, 1.7, 0.9, 0.8, 0.7, 7],
         header=dict(values=["format", "array", "dtype", "length", "bytes", "contents"], align="left"),
-        cells=dict(values=[[r[0] for r in rows], [r[1] for r in rows],
-                           [str(r[2].dtype).removeprefix("torch.") for r in rows],
-                           [r[2].shape[0] for r in rows], [r[2].numel() * r[2].element_size() for r in rows],
-                           [_contents(r[2], limit) for r in rows]], align="left")), row=2, col=1)
+        cells=dict(values=table, align="left", height=20)), row=2, col=1)
     bh, bw = bsr.blocksize
     for block_row, block_col in zip(bsr.block_row_indices().tolist(), bsr.col_indices.tolist(), strict=True):
         fig.add_shape(type="rect", x0=block_col * bw - 0.5, x1=(block_col + 1) * bw - 0.5, y0=block_row * bh - 0.5,
                       y1=(block_row + 1) * bh - 0.5, line=dict(color="black", width=2), row=1, col=1)
-    fig.update_yaxes(autorange="reversed", dtick=1, scaleanchor="x", row=1, col=1)  # square cells
-    fig.update_xaxes(dtick=1, side="top", row=1, col=1)
-    summary = (f"{csr.shape[0]}x{csr.shape[1]} {str(csr.dtype).removeprefix('torch.')}, {csr.nnz} stored "
+    # square cells: the x axis keeps to its own columns (constrain) instead of widening its range
+    fig.update_yaxes(autorange="reversed", dtick=1, scaleanchor="x", constrain="domain", row=1, col=1)
+    fig.update_xaxes(dtick=1, side="top", range=[-0.5, cols - 0.5], constrain="domain", row=1, col=1)
+    summary = (f"{rows}x{cols} {str(csr.dtype).removeprefix('torch.')}, {csr.nnz} stored "
                f"({1 - csr.density:.0%} sparse); bytes: dense {csr.dense_nbytes}, COO {coo.nbytes}, CSR {csr.nbytes}, "
-               f"BSR {bsr.nbytes} (boxes: its {bsr.n_blocks} stored {bh}x{bw} blocks)")
-    fig.update_layout(title=_title(title or "One matrix, three formats", summary), height=820,
-                      template="plotly_white", margin=dict(t=110, l=30, r=20, b=10))
+               f"BSR {bsr.nbytes}<br>(boxes: its {bsr.n_blocks} stored {bh}x{bw} blocks)")
+    fig.update_layout(title=_title(title or "One matrix, three formats", summary), height=150 + heat + 40 + listed,
+                      template="plotly_white", margin=dict(t=130, l=30, r=20, b=10))
     return fig
 
 

@@ -38,8 +38,9 @@ def pattern_masks_figure(
     names = list(masks)
     cols = min(cols, len(names))
     rows = math.ceil(len(names) / cols)
+    # Titles may hold two lines (the explorer's: name, then sparsity and accuracy): room for them above each row.
     fig = subplots.make_subplots(rows=rows, cols=cols, subplot_titles=[(titles or {}).get(n, n) for n in names],
-                                 horizontal_spacing=0.04, vertical_spacing=0.12)
+                                 horizontal_spacing=0.04, vertical_spacing=min(0.3, 90 / (300 * rows)))
     for i, name in enumerate(names):
         mask = masks[name].detach().reshape(masks[name].shape[0], -1)
         if window is not None:
@@ -48,7 +49,8 @@ def pattern_masks_figure(
                                  showscale=False, name=name), row=i // cols + 1, col=i % cols + 1)
     fig.update_yaxes(autorange="reversed", showticklabels=False)
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(height=300 * rows, template="plotly_white", margin=dict(t=60, l=20, r=20, b=20))
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=300 * rows, template="plotly_white", margin=dict(t=70, l=20, r=20, b=20))
     return fig
 
 
@@ -136,21 +138,37 @@ def paired_differences_figure(
     measures = list(dict.fromkeys(p["measure"] for p in pairs))
     if not measures:
         raise ValueError("pairs must hold at least one paired difference")
-    fig = subplots.make_subplots(rows=1, cols=len(measures), horizontal_spacing=0.06,
-                                 subplot_titles=[MEASURE_LABELS.get(m, m) for m in measures])
-    for col, measure in enumerate(measures, start=1):
+    cols = min(3, len(measures))  # panels of about 300 px: titles and labels fit, on two lines at most
+    rows = math.ceil(len(measures) / cols)
+    fig = subplots.make_subplots(rows=rows, cols=cols, horizontal_spacing=0.08, vertical_spacing=0.5 / rows,
+                                 subplot_titles=[_wrap(MEASURE_LABELS.get(m, m), 24) for m in measures])
+    for index, measure in enumerate(measures):
+        row, col = index // cols + 1, index % cols + 1
         scale = _scale(measure)
         for pair in (p for p in pairs if p["measure"] == measure):
-            label = f"{pair['a']} − {pair['b']} @{pair['sparsity']:.0%}"
+            label = f"{pair['a']} − {pair['b']}<br>@{pair['sparsity']:.0%}"
             color = "crimson" if pair["separates"] else "grey"
             fig.add_trace(go.Scatter(x=[label] * len(pair["diffs"]), y=[scale * d for d in pair["diffs"]],
                                      mode="markers", marker=dict(size=6, color=color, opacity=0.5),
-                                     showlegend=False, name=label), row=1, col=col)
+                                     showlegend=False, name=label), row=row, col=col)
             fig.add_trace(go.Scatter(x=[label], y=[scale * pair["mean"]], mode="markers",
                                      marker=dict(size=12, symbol="diamond", color=color),
                                      error_y=dict(type="data", array=[scale * pair["ci95"]]),
-                                     showlegend=False, name=f"{label} mean"), row=1, col=col)
-        fig.add_hline(y=0, line_dash="dot", line_color="black", row=1, col=col)
-    fig.update_layout(title=title + " — red: the 95% interval excludes 0 (paired t-test)",
-                      template="plotly_white", height=420)
+                                     showlegend=False, name=f"{label} mean"), row=row, col=col)
+        fig.add_hline(y=0, line_dash="dot", line_color="black", row=row, col=col)
+    fig.update_xaxes(tickangle=0)
+    fig.update_annotations(font_size=13)
+    fig.update_layout(title=title + "<br><sup>red: the 95% interval excludes 0 (paired t-test)</sup>",
+                      template="plotly_white", height=120 + 340 * rows, margin=dict(t=110))
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    """`text` broken into lines of at most about `width` characters, at spaces, joined by <br> (plotly's)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)

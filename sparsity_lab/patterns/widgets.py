@@ -9,7 +9,9 @@ from torch import nn
 
 from sparsity_lab._optional import require
 from sparsity_lab.course.data import Digits
+from sparsity_lab.course.figures import fixed_size
 from sparsity_lab.course.train import evaluate
+from sparsity_lab.course.widgets import CallbackErrors
 from sparsity_lab.patterns import plots
 from sparsity_lab.patterns.masks import parse_pattern, pattern_masks
 from sparsity_lab.patterns.study import LAYERS
@@ -57,10 +59,13 @@ def pattern_explorer(
     slider = widgets.FloatSlider(value=0.5, min=0.0, max=0.875, step=0.125, description="sparsity",
                                  continuous_update=False, readout_format=".1%")
     table = widgets.HTML()
+    errors = CallbackErrors({"sparsity": slider}, "prune the model")
     weight = dict(model.named_modules())[layer].weight
-    figure = go.FigureWidget(plots.pattern_masks_figure({p: weight != 0 for p in patterns}, window=window))
+    figure = go.FigureWidget(fixed_size(plots.pattern_masks_figure({p: weight != 0 for p in patterns},
+                                                                   window=window)))
     dense_loss, dense_accuracy = evaluate(model, data.x_test, data.y_test)
 
+    @errors.guard
     def update(change=None) -> None:
         lines = []
         for i, family in enumerate(patterns):
@@ -73,7 +78,7 @@ def pattern_explorer(
             if window is not None:
                 shown = shown[: window[0], : window[1]]
             figure.data[i].z = shown.float().numpy()
-            figure.layout.annotations[i].text = f"{name}: {achieved:.1%} sparse, acc {accuracy:.1%}"
+            figure.layout.annotations[i].text = f"{name}: {achieved:.1%} sparse,<br>acc {accuracy:.1%}"
             lines.append(f"<tr><td>{name}</td><td>{achieved:.1%}</td><td>{accuracy:.1%}</td>"
                          f"<td>{loss - dense_loss:+.3f}</td></tr>")
         table.value = (f"<b>asked for {slider.value:.1%}</b> (dense: accuracy {dense_accuracy:.1%}, loss "
@@ -83,4 +88,6 @@ def pattern_explorer(
 
     slider.observe(update, names="value")
     update()
-    return widgets.VBox([slider, figure, table])
+    box = widgets.VBox([slider, errors.output, figure, table])
+    box.errors = errors
+    return box

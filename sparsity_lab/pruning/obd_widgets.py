@@ -10,7 +10,9 @@ from torch import nn
 
 from sparsity_lab._optional import require
 from sparsity_lab.course.data import Digits
+from sparsity_lab.course.figures import fixed_size
 from sparsity_lab.course.train import evaluate
+from sparsity_lab.course.widgets import CallbackErrors
 from sparsity_lab.pruning import obd_plots as plots
 from sparsity_lab.pruning.obd_study import timed
 from sparsity_lab.pruning.prune import current_mask, prunable_layers, prune_by_scores
@@ -51,9 +53,11 @@ def saliency_explorer(
     slider = widgets.FloatSlider(value=0.8, min=0.0, max=0.99, step=0.01, description="sparsity",
                                  continuous_update=False, readout_format=".0%")
     status = widgets.HTML()
+    errors = CallbackErrors({"saliency": method, "sparsity": slider}, "prune the model")
     masks = {name: current_mask(m) for name, m in prunable_layers(model).items()}
-    figure = go.FigureWidget(plots.layer_masks(masks))
+    figure = go.FigureWidget(fixed_size(plots.layer_masks(masks)))
 
+    @errors.guard
     def update(change=None) -> None:
         scores = cache(method.value)
         pruned = pruned_by(model, scores, slider.value, scope)
@@ -71,4 +75,6 @@ def saliency_explorer(
     method.observe(update, names="value")
     slider.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox([method, slider]), status, figure])
+    box = widgets.VBox([widgets.HBox([method, slider]), status, errors.output, figure])
+    box.errors = errors
+    return box

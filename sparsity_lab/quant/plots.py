@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from sparsity_lab._optional import require
+from sparsity_lab.course.figures import titled as _title
 
 
 def _go():
@@ -58,7 +59,8 @@ def speed_bars(rows: Sequence[Mapping[str, Any]], label: str = "", keys: Sequenc
         if all(v is None for v in values):
             continue
         fig.add_trace(go.Bar(x=shapes, y=values, name=key))
-    fig.update_layout(title="int8 + 2:4 against int8 and fp16 dense" + (f" ({label})" if label else ""),
+    fig.update_layout(title=_title("int8 + 2:4 against int8 and fp16 dense", label),
+                      legend=dict(orientation="h", x=0, y=-0.3, yanchor="top"), margin=dict(b=140), height=520,
                       barmode="group", xaxis_title="M x K x N (tokens x in x out)", yaxis_title="ms (median)",
                       yaxis_type="log", template="plotly_white")
     return fig

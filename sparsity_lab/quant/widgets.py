@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from sparsity_lab._optional import require
+from sparsity_lab.course.figures import fixed_size
+from sparsity_lab.course.widgets import CallbackErrors
 from sparsity_lab.quant import plots
 from sparsity_lab.quant.int8 import dequantize, quantize_per_channel
 
@@ -20,8 +22,10 @@ def int8_channel_explorer(weight: torch.Tensor, columns: int = 64):
     slider = widgets.IntSlider(value=0, min=0, max=weight.shape[0] - 1, description="channel",
                                continuous_update=False)
     status = widgets.HTML()
-    figure = go.FigureWidget(plots.int8_grid(weight[0, :columns]))
+    errors = CallbackErrors({"channel": slider}, "draw this channel")
+    figure = go.FigureWidget(fixed_size(plots.int8_grid(weight[0, :columns]), height=420))
 
+    @errors.guard
     def update(change=None) -> None:
         n = slider.value
         fresh = plots.int8_grid(weight[n, :columns], title=f"channel {n}")
@@ -34,4 +38,6 @@ def int8_channel_explorer(weight: torch.Tensor, columns: int = 64):
 
     slider.observe(update, names="value")
     update()
-    return widgets.VBox([slider, status, figure])
+    box = widgets.VBox([slider, status, errors.output, figure])
+    box.errors = errors
+    return box

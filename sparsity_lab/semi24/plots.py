@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from sparsity_lab._optional import require
+from sparsity_lab.course.figures import cell_font, cell_px
 from sparsity_lab.course.figures import titled as _title
 from sparsity_lab.semi24 import layout as semi24
 
@@ -24,17 +25,24 @@ def format_value(x: float) -> str:
 
 def groups_heatmap(weight: torch.Tensor, mask: torch.Tensor, title: str = "2:4 groups (blue = kept)"
                    ) -> plotly.graph_objects.Figure:  # noqa: F821
-    """A 2-D weight cell by cell: kept entries blue, dropped grey, every value written, groups of 4 outlined."""
+    """A 2-D weight cell by cell: kept entries blue, dropped grey, every value written (where the cells are wide
+    enough to read it; hovering shows it always), groups of 4 outlined. Square cells, sized to fit a widget."""
     go = _go()
     rows, cols = weight.shape
     text = [[format_value(v) for v in row] for row in weight.detach().double().tolist()]
-    fig = go.Figure(go.Heatmap(z=mask.to(torch.float32).tolist(), text=text, texttemplate="%{text}", zmin=0, zmax=1,
+    cell = cell_px(cols)
+    font = cell_font(cell, max((len(t) for row in text for t in row), default=1))
+    fig = go.Figure(go.Heatmap(z=mask.to(torch.float32).tolist(), text=text, texttemplate="%{text}" if font else None,
+                               textfont=dict(size=font or 9), zmin=0, zmax=1,
                                colorscale=[[0, DROPPED], [1, KEPT]], showscale=False, xgap=1, ygap=1,
                                hovertemplate="row %{y}, column %{x}: %{text}<extra></extra>"))
     for g in range(1, cols // 4):
         fig.add_vline(x=4 * g - 0.5, line_width=3, line_color="black")
-    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_title="column (input)", yaxis_title="row (output)",
-                      template="plotly_white", height=max(220, 80 + 28 * rows), xaxis_dtick=4)
+    margin = dict(l=70, r=20, t=70, b=60)
+    fig.update_layout(title=title, xaxis_title="column (input)", yaxis_title="row (output)", template="plotly_white",
+                      width=margin["l"] + margin["r"] + cell * cols, height=margin["t"] + margin["b"] + cell * rows,
+                      autosize=False, margin=margin, xaxis=dict(dtick=4, range=[-0.5, cols - 0.5]),
+                      yaxis=dict(autorange="reversed", dtick=1 if rows <= 8 else None))
     return fig
 
 
@@ -54,13 +62,18 @@ def simple_meta_bits(meta: torch.Tensor, groups: int, title: str = "simple layou
         row = [(int(meta[r, b]) >> bit) & 1 for b in range(nbytes) for bit in range(7, -1, -1)]
         z.append([(i // 2) % 2 + 0.35 * v for i, v in enumerate(row)])  # fields alternate shades, 1s darker
         text.append([str(v) for v in row])
-    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", x=labels, colorscale="Blues", showscale=False,
-                               xgap=1, ygap=1, zmin=-0.2, zmax=1.6,
+    cell = cell_px(len(labels), largest=30)
+    font = cell_font(cell, 1)
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}" if font else None, textfont=dict(size=font or 9),
+                               x=labels, colorscale="Blues", showscale=False, xgap=1, ygap=1, zmin=-0.2, zmax=1.6,
                                hovertemplate="row %{y}, %{x}: %{text}<extra></extra>"))
     for byte in range(1, nbytes):
         fig.add_vline(x=8 * byte - 0.5, line_width=3, line_color="black")
+    margin = dict(l=60, r=20, t=60, b=80)  # b: the field labels, turned
     fig.update_layout(title=title, yaxis_autorange="reversed", yaxis_title="row", template="plotly_white",
-                      height=120 + 28 * rows, xaxis_tickangle=-60)
+                      width=margin["l"] + margin["r"] + cell * len(labels),
+                      height=margin["t"] + margin["b"] + 28 * rows, autosize=False, margin=margin,
+                      xaxis_tickangle=-60, xaxis_tickfont_size=10)
     return fig
 
 
@@ -87,10 +100,12 @@ def cutlass_storage(rows: int, words: int, meta_dtype: torch.dtype, meta: torch.
         trace.update(customdata=hover,
                      hovertemplate="word %{x} of line %{y}: %{text}<br>%{customdata}<extra></extra>")
     fig = go.Figure(go.Heatmap(**trace))
-    fig.update_layout(title=title or f"CUTLASS metadata in memory ({rows} x {words} {meta_dtype} words, "
-                      "16 bytes per line; slot = row-major word stored there)", yaxis_autorange="reversed",
-                      xaxis_title="word within the 16-byte line", yaxis_title="16-byte line", template="plotly_white",
-                      height=120 + 26 * len(z))
+    name = str(meta_dtype).removeprefix("torch.")
+    fig.update_layout(title=title or (f"CUTLASS metadata in memory: {rows} x {words} {name} words<br>"
+                                      "<sup>16 bytes per line; each slot names the row-major word stored there</sup>"),
+                      yaxis_autorange="reversed", xaxis_title="word within the 16-byte line",
+                      yaxis_title="16-byte line", template="plotly_white", height=140 + 26 * len(z),
+                      width=min(840, 140 + 90 * per_line), autosize=False, margin=dict(t=80))
     return fig
 
 
@@ -135,9 +150,12 @@ def speedup_by_shape(rows: Sequence[dict], dtype: str = "float16", title: str | 
         fig.add_trace(go.Scatter(x=[8192], y=[cube[0]["speedup"]], mode="markers", name="ours 8192³",
                                  marker=dict(size=12, symbol="star")))
     fig.add_hline(y=1.0, line_color="grey", annotation_text="dense (cuBLAS)")
+    # 3 lines per layer size: a legend beside the plot would need scrolling, one below wraps into rows (of 3)
+    legend_rows = (len(fig.data) + 2) // 3
     fig.update_layout(title=_title(title or f"2:4 speedup over dense, {dtype}", caption),
                       xaxis_title="tokens M", yaxis_title="speedup (dense time / 2:4 time)", xaxis_type="log",
-                      template="plotly_white")
+                      template="plotly_white", height=460 + 22 * legend_rows,
+                      legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"), margin=dict(b=90 + 22 * legend_rows))
     return fig
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sparsity_lab._optional import require
+from sparsity_lab.course.widgets import CallbackErrors
 from sparsity_lab.semi24 import layout as semi24
 from sparsity_lab.semi24 import plots
 
@@ -20,9 +21,10 @@ def example_weight(dtype: torch.dtype, seed: int = 0, rows: int | None = None, c
     return torch.randint(-9, 10, shape, generator=g).to(dtype)
 
 
-def compressor_explorer(seed: int = 0, show_rows: int = 6):
-    """Pick a dtype and a seed: see the weight's 2:4 groups (1:2 for float32), the kept values, the simple layout's
-    metadata bits (first `show_rows` rows) and the cutlass metadata buffer in memory order."""
+def compressor_explorer(seed: int = 0, show_rows: int = 6, show_cols: int = 32):
+    """Pick a dtype and a seed: see the weight's 2:4 groups (1:2 for float32; the first `show_rows` rows and
+    `show_cols` columns, big enough to read), the kept values, the simple layout's metadata bits (first
+    `show_rows` rows) and the cutlass metadata buffer in memory order."""
     widgets = require("ipywidgets")
     go = require("plotly.graph_objects")
     dtype_box = widgets.Dropdown(options=list(DTYPES), value="float16", description="dtype")
@@ -31,7 +33,9 @@ def compressor_explorer(seed: int = 0, show_rows: int = 6):
     groups = go.FigureWidget()
     simple = go.FigureWidget()
     cutlass = go.FigureWidget()
+    errors = CallbackErrors({"dtype": dtype_box, "seed": seed_box}, "compress this weight")
 
+    @errors.guard
     def update(change=None) -> None:
         dtype = DTYPES[dtype_box.value]
         weight = example_weight(dtype, seed_box.value)
@@ -42,8 +46,10 @@ def compressor_explorer(seed: int = 0, show_rows: int = 6):
         _, meta_cutlass = semi24.compress(pruned, "cutlass")
         rows, cols = weight.shape
         for target, fig in [
-            (groups, plots.groups_heatmap(weight[:show_rows], mask[:show_rows],
-                                          f"{dtype_box.value}: first {show_rows} of {rows} rows, {pattern} mask")),
+            (groups, plots.groups_heatmap(weight[:show_rows, :show_cols], mask[:show_rows, :show_cols],
+                                          f"{dtype_box.value}: first {min(show_rows, rows)} of {rows} rows"
+                                          + (f", {show_cols} of {cols} columns" if cols > show_cols else "")
+                                          + f", {pattern} mask")),
             (simple, plots.simple_meta_bits(meta_simple[:show_rows], cols // 4)),
             (cutlass, plots.cutlass_storage(rows, meta_cutlass.shape[1], meta_cutlass.dtype, meta_cutlass)),
         ]:
@@ -61,4 +67,6 @@ def compressor_explorer(seed: int = 0, show_rows: int = 6):
     dtype_box.observe(update, names="value")
     seed_box.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox([dtype_box, seed_box]), status, groups, simple, cutlass])
+    box = widgets.VBox([widgets.HBox([dtype_box, seed_box]), status, errors.output, groups, simple, cutlass])
+    box.errors = errors
+    return box

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from sparsity_lab._optional import require
+from sparsity_lab.course.figures import WIDGET_WIDTH, cell_font, cell_px
 from sparsity_lab.course.figures import titled as _title
 from sparsity_lab.semi24.plots import DROPPED, KEPT, format_value
 
@@ -159,13 +160,14 @@ def _broken_groups(mask: torch.Tensor) -> torch.Tensor:
     return over.expand(rows, cols // 4, 4).reshape(rows, cols)
 
 
-def _mask_panel(weight: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-    """Heatmap arguments for one panel: dropped 0, kept 1, kept in a group that breaks 2:4 2; values as text."""
+def _mask_panel(weight: torch.Tensor, mask: torch.Tensor, font: int | None) -> dict[str, Any]:
+    """Heatmap arguments for one panel: dropped 0, kept 1, kept in a group that breaks 2:4 2; values as text
+    (at `font` px; None: hover only, the cells are too small to write in)."""
     z = mask.to(torch.float32) * (1 + _broken_groups(mask).to(torch.float32))
     text = [[format_value(v) for v in row] for row in weight.detach().double().tolist()]
-    return dict(z=z.tolist(), text=text, texttemplate="%{text}" if weight.numel() <= 512 else None, zmin=0, zmax=2,
-                colorscale=[[0, DROPPED], [0.5, KEPT], [1, BROKEN]], showscale=False, xgap=1, ygap=1,
-                hovertemplate="row %{y}, column %{x}: %{text}<extra></extra>")
+    return dict(z=z.tolist(), text=text, texttemplate="%{text}" if font else None, textfont=dict(size=font or 9),
+                zmin=0, zmax=2, colorscale=[[0, DROPPED], [0.5, KEPT], [1, BROKEN]], showscale=False, xgap=1,
+                ygap=1, hovertemplate="row %{y}, column %{x}: %{text}<extra></extra>")
 
 
 def _verdict(mask: torch.Tensor) -> str:
@@ -178,29 +180,49 @@ def mask_tiles_figure(weight: torch.Tensor, mask: torch.Tensor, title: str | Non
                       ) -> plotly.graph_objects.Figure:  # noqa: F821
     """A weight's 2:4 mask (left) and the mask of its transpose (right), cell by cell: kept blue, dropped grey,
     kept entries of a group of 4 that keeps more than 2 red (the transpose of a plain 2:4 mask is not 2:4); 4x4
-    tiles outlined. Both sizes must be multiples of 4. The title gives the kept fraction of Σ|w|."""
+    tiles outlined. Both sizes must be multiples of 4. The title gives the kept fraction of Σ|w|.
+
+    Square cells as large as a widget's width allows (values written in them where they fit), both panels
+    top-aligned with their own title: the figure has a fixed size, at most `WIDGET_WIDTH` wide."""
     go = _go()
-    subplots = require("plotly.subplots")
     if mask.shape != weight.shape or weight.dim() != 2 or weight.shape[0] % 4 or weight.shape[1] % 4:
         raise ValueError(f"weight {tuple(weight.shape)} and mask {tuple(mask.shape)} must be one 2-D shape whose "
                          "sizes are multiples of 4 (4x4 tiles)")
     mask = mask.bool()
-    fig = subplots.make_subplots(rows=1, cols=2, horizontal_spacing=0.06, subplot_titles=(
-        f"W ⊙ mask: {_verdict(mask)}", f"(W ⊙ mask)ᵀ: {_verdict(mask.T)}"))
-    for col, (w, m) in enumerate(((weight, mask), (weight.T, mask.T)), start=1):
-        fig.add_trace(go.Heatmap(**_mask_panel(w, m)), row=1, col=col)
-        rows, cols = m.shape
-        for x in range(4, cols, 4):
-            fig.add_vline(x=x - 0.5, line_width=3, line_color="black", row=1, col=col)
-        for y in range(4, rows, 4):
-            fig.add_hline(y=y - 0.5, line_width=3, line_color="black", row=1, col=col)
-    fig.update_yaxes(autorange="reversed", title_text="row (output)", row=1, col=1)
-    fig.update_yaxes(autorange="reversed", title_text="row of Wᵀ (input)", row=1, col=2)
-    fig.update_xaxes(title_text="column (input)", row=1, col=1)
-    fig.update_xaxes(title_text="column of Wᵀ (output)", row=1, col=2)
+    rows, cols = mask.shape
+    left, right, gap, top, bottom = 70, 20, 90, 110, 60  # px: y titles and ticks, between the panels, titles
+    cell = cell_px(rows + cols, room=WIDGET_WIDTH - left - right - gap)
+    text = [format_value(v) for v in weight.detach().double().reshape(-1).tolist()]
+    lengths = sorted(map(len, text))  # sized for 90% of the values: one long one (1e-05) does not blank the rest
+    font = cell_font(cell, lengths[int(0.9 * (len(lengths) - 1))]) if weight.numel() <= 512 else None
+    plot_w, plot_h = (rows + cols) * cell + gap, max(rows, cols) * cell
+    fig = go.Figure()
+    split = cols * cell / plot_w  # the left panel's share of the plotting width
+    panels = (("", weight, mask, [0, split], "row (output)", "column (input)", f"W ⊙ mask<br>{_verdict(mask)}"),
+              ("2", weight.T, mask.T, [split + gap / plot_w, 1], "row of Wᵀ (input)", "column of Wᵀ (output)",
+               f"(W ⊙ mask)ᵀ<br>{_verdict(mask.T)}"))
+    for axis, w, m, domain, y_title, x_title, panel_title in panels:
+        n_rows, n_cols = m.shape
+        fig.add_trace(go.Heatmap(**_mask_panel(w, m, font), xaxis=f"x{axis}", yaxis=f"y{axis}"))
+        y_domain = [1 - n_rows * cell / plot_h, 1]
+        fig.update_layout({f"xaxis{axis}": dict(domain=domain, anchor=f"y{axis}", range=[-0.5, n_cols - 0.5],
+                                                title_text=x_title, dtick=4),
+                           f"yaxis{axis}": dict(domain=y_domain, anchor=f"x{axis}", range=[n_rows - 0.5, -0.5],
+                                                title_text=y_title, dtick=4)})
+        x_ref, y_ref = f"x{axis}", f"y{axis}"
+        for x in range(4, n_cols, 4):
+            fig.add_shape(type="line", x0=x - 0.5, x1=x - 0.5, y0=-0.5, y1=n_rows - 0.5, xref=x_ref, yref=y_ref,
+                          line=dict(width=3, color="black"))
+        for y in range(4, n_rows, 4):
+            fig.add_shape(type="line", x0=-0.5, x1=n_cols - 0.5, y0=y - 0.5, y1=y - 0.5, xref=x_ref, yref=y_ref,
+                          line=dict(width=3, color="black"))
+        fig.add_annotation(text=panel_title, x=sum(domain) / 2, y=1, xref="paper", yref="paper", xanchor="center",
+                           yanchor="bottom", showarrow=False, font=dict(size=13), yshift=4)
     kept = kept_magnitude(weight, mask)
-    fig.update_layout(title=(title or "a 2:4 mask and its transpose") + f" — keeps {kept:.1%} of Σ|w|",
-                      template="plotly_white", height=max(300, 140 + 26 * max(weight.shape)))
+    fig.update_layout(title=dict(text=(title or "a 2:4 mask and its transpose") + f" — keeps {kept:.1%} of Σ|w|",
+                                 font=dict(size=15)),
+                      template="plotly_white", autosize=False, width=left + right + plot_w,
+                      height=top + bottom + plot_h, margin=dict(l=left, r=right, t=top, b=bottom))
     return fig
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from sparsity_lab._optional import require
+from sparsity_lab.course.widgets import CallbackErrors
 from sparsity_lab.semi24 import layout as semi24
 from sparsity_lab.training import plots
 from sparsity_lab.training.masks import transposable_mask
@@ -38,7 +39,10 @@ def mask_explorer(rows: int = 8, cols: int = 8, seed: int = 0, largest: int = 32
     kind_box = widgets.ToggleButtons(options=list(MASKS), value=MASKS[0], description="mask")
     status = widgets.HTML()
     figure = go.FigureWidget()
+    errors = CallbackErrors({"rows": rows_box, "cols": cols_box, "seed": seed_box, "mask": kind_box},
+                            "draw the masks")
 
+    @errors.guard
     def update(change=None) -> None:
         weight = example_weight(rows_box.value, cols_box.value, seed_box.value)
         masks = masks_of(weight)
@@ -57,4 +61,6 @@ def mask_explorer(rows: int = 8, cols: int = 8, seed: int = 0, largest: int = 32
     for box in (rows_box, cols_box, seed_box, kind_box):
         box.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox([rows_box, cols_box, seed_box]), kind_box, status, figure])
+    box = widgets.VBox([widgets.HBox([rows_box, cols_box, seed_box]), kind_box, status, errors.output, figure])
+    box.errors = errors
+    return box
