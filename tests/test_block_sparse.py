@@ -195,7 +195,9 @@ def test_heatmap_plot_and_curves_from_recorded_results():
     heat = fig.data[0]
     assert list(heat.y) == ["16", "32", "64", "128"] and "90%" in list(heat.x)
     row = next(r for r in rows if r["bs"] == 64 and r["sparsity"] == 0.9)
-    assert heat.z[2][list(heat.x).index("90%")] == pytest.approx(row["speedup"])
+    column = list(heat.x).index("90%")
+    assert 2 ** heat.z[2][column] == pytest.approx(row["speedup"]) and heat.text[2][column] == f"{row['speedup']:.2f}x"
+    assert heat.colorbar.ticktext[0] == "0.125x" and heat.zmid == 0  # log2 colours: no negative "x dense" ticks
     curves = plots.speedup_curves(rows)
     assert curves.data[-1].name == "ideal 1/density"
     assert len(curves.data) == 2 * 4 + 1

@@ -287,7 +287,7 @@ def bsr_linear(
     the CPU interpreter); without it the tiling is autotuned per (token-count bucket, blocks-per-row bucket, N, K,
     block size, dtype). `input_precision` only matters for float32 inputs: "tf32" (default) or "ieee".
     `out`, when given, is a (M, out_features) tensor of x's dtype and device that receives the result.
-    Column indices are trusted (BlockSparseMatrix checks them when built): checking here would cost a GPU sync.
+    Column indices are trusted (formats.BSR checks them when built): checking here would cost a GPU sync.
     """
     bs = check_operands(x, crow_indices, col_indices, blocks, out_features, bias)
     if input_precision not in ("tf32", "ieee"):

@@ -9,7 +9,9 @@ from torch import nn
 from sparsity_lab._optional import require
 from sparsity_lab.block.pruning import prune_blocks
 from sparsity_lab.course.data import Digits
+from sparsity_lab.course.figures import fixed_size
 from sparsity_lab.course.train import evaluate
+from sparsity_lab.course.widgets import CallbackErrors
 from sparsity_lab.pruning.plots import mask_heatmap
 
 
@@ -24,8 +26,10 @@ def block_pruning_explorer(model: nn.Module, data: Digits, layer: str = "net.3",
     sparsity = widgets.FloatSlider(value=0.75, min=0.0, max=0.95, step=0.05, description="sparsity",
                                    continuous_update=False, readout_format=".0%")
     status = widgets.HTML()
-    heatmap = go.FigureWidget(mask_heatmap(dict(model.named_modules())[layer].weight != 0))
+    errors = CallbackErrors({"block size": size, "sparsity": sparsity}, "prune the model in blocks")
+    heatmap = go.FigureWidget(fixed_size(mask_heatmap(dict(model.named_modules())[layer].weight != 0), height=420))
 
+    @errors.guard
     def update(change=None) -> None:
         pruned = copy.deepcopy(model)
         masks = prune_blocks(pruned, size.value, sparsity.value)
@@ -40,4 +44,6 @@ def block_pruning_explorer(model: nn.Module, data: Digits, layer: str = "net.3",
     size.observe(update, names="value")
     sparsity.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox([size, sparsity]), status, heatmap])
+    box = widgets.VBox([widgets.HBox([size, sparsity]), status, errors.output, heatmap])
+    box.errors = errors
+    return box
