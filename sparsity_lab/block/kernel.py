@@ -49,6 +49,20 @@ def _block_product(acc, x_rows, m_ok, col_ptr, blk_ptr, idx, K, stride_xk, offs_
 
 
 @triton.jit
+def _grouped_program(crow_ptr, M, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
+    """(token tile, block-row, its first and one-past-last block) of this program, in grouped order: GROUP_M token
+    tiles side by side sweep the block-rows together, so a block-row of W is read from DRAM once per group and
+    each token tile of x stays in L2 while the group sweeps."""
+    pid = tl.program_id(0)
+    n_tiles_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP_M * (tl.num_programs(0) // n_tiles_m)
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(n_tiles_m - first_m, GROUP_M)
+    row = (pid % per_group) // group_m
+    return first_m + (pid % per_group) % group_m, row, tl.load(crow_ptr + row), tl.load(crow_ptr + row + 1)
+
+
+@triton.jit
 def _bsr_linear_kernel(
     x_ptr, y_ptr, bias_ptr, crow_ptr, col_ptr, blk_ptr,
     M, N, K, M_BUCKET, NNZ_BUCKET,
@@ -64,18 +78,7 @@ def _bsr_linear_kernel(
             acc += x[m_tile, col[i]*BS : (col[i]+1)*BS] @ blocks[i]^T
         y[m_tile, row*BS : (row+1)*BS] = acc + bias         # masked past M and N
     """
-    # Grouped order: GROUP_M token tiles side by side sweep the block-rows together, so a block-row of W is
-    # read from DRAM once per group and each token tile of x stays in L2 while the group sweeps.
-    pid = tl.program_id(0)
-    n_rows = tl.num_programs(0) // tl.cdiv(M, BLOCK_M)
-    n_tiles_m = tl.cdiv(M, BLOCK_M)
-    per_group = GROUP_M * n_rows
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(n_tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    row = (pid % per_group) // group_m
-    start = tl.load(crow_ptr + row)
-    end = tl.load(crow_ptr + row + 1)
+    pid_m, row, start, end = _grouped_program(crow_ptr, M, BLOCK_M, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BS)
@@ -114,16 +117,7 @@ def _bsr_linear_tma_kernel(
 ):
     """The same product with x tiles, blocks and y tiles moved by tensor descriptors (TMA on Hopper), which
     zero-fill reads and clip writes outside the matrices: no masks."""
-    pid = tl.program_id(0)
-    n_tiles_m = tl.cdiv(M, BLOCK_M)
-    n_rows = tl.num_programs(0) // n_tiles_m
-    per_group = GROUP_M * n_rows
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(n_tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    row = (pid % per_group) // group_m
-    start = tl.load(crow_ptr + row)
-    end = tl.load(crow_ptr + row + 1)
+    pid_m, row, start, end = _grouped_program(crow_ptr, M, BLOCK_M, GROUP_M)
     m0 = pid_m * BLOCK_M
 
     acc = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
