@@ -130,9 +130,11 @@ def _check_finite(fqn: str, module: nn.Module) -> None:
 class PruneConfig:
     """Mask weights through ``parametrize`` (training continues; `prune.make_permanent` bakes the masks in).
 
-    `method`: a saliency of `sparsity_lab.pruning.saliency.METHODS` ("magnitude", "random", "wanda", "obd-ggn", ...);
-    data-driven methods need `data` = (x,) for Wanda or (x, y) for OBD. `pattern`: any `patterns.parse_pattern`
-    spec ("unstructured", "2:4", "4:8", "block 4x4", "row", "column"). `scope`: "layer" prunes each layer at
+    `method`: a saliency of `sparsity_lab.pruning.saliency.METHODS` ("magnitude", "random", "wanda", "obd-ggn", ...),
+    or "sparsegpt" (layer by layer in the order the model reaches them, each from its inputs with the earlier layers
+    pruned; the kept weights are updated too; unstructured or N:M, unmasked linear layers); data-driven methods
+    need `data` = (x,) for Wanda and SparseGPT (the model's inputs) or (x, y) for OBD. `pattern`: any
+    `patterns.parse_pattern` spec ("unstructured", "2:4", "4:8", "block 4x4", "row", "column"). `scope`: "layer" prunes each layer at
     `sparsity`; "global" spends one budget across the layers (unstructured only). Weights already masked stay
     masked, so repeated calls with growing sparsity form a schedule."""
 
@@ -154,8 +156,8 @@ class PruneConfig:
         from sparsity_lab.pruning.prune import apply_mask, below_pruned, current_mask, masks_from_scores
         from sparsity_lab.pruning.saliency import METHODS, saliency
 
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in (*METHODS, "sparsegpt"):
+            raise ValueError(f"method must be one of {(*METHODS, 'sparsegpt')}, got {self.method!r}")
         if self.scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {self.scope!r}")
         pattern = parse_pattern(self.pattern)
@@ -164,6 +166,8 @@ class PruneConfig:
         if self.scope == "global" and pattern.kind != "unstructured":
             raise ValueError(f"scope='global' needs the unstructured pattern, got {pattern.name!r}")
         _plan_each(layers, lambda fqn, m: _check_finite(fqn, m) or "")
+        if self.method == "sparsegpt":
+            return self._plan_sparsegpt(model, layers, pattern)
         x, y = (*self.data, None)[:2] if self.data is not None else (None, None)
         scores = saliency(model, self.method, x, y, seed=self.seed)
         scores = {fqn: scores[fqn] for fqn in layers}
@@ -175,6 +179,37 @@ class PruneConfig:
                                                                    self.sparsity))
         what = f"pruned: {pattern.name} by {self.method}" + (" (one global budget)" if self.scope == "global" else "")
         return {fqn: _Planned(what, lambda m=layers[fqn], k=mask: apply_mask(m, k)) for fqn, mask in masks.items()}
+
+    def _plan_sparsegpt(self, model: nn.Module, layers: dict[str, nn.Module], pattern: object
+                        ) -> dict[str, _Planned | str]:
+        """SparseGPT solved on a copy of the model (`pruning.sparsegpt.sequential_sparsegpt`); installing writes each
+        layer's updated weight and attaches its mask."""
+        from torch.nn.utils import parametrize
+
+        from sparsity_lab.pruning.prune import apply_mask
+        from sparsity_lab.pruning.sparsegpt import sequential_sparsegpt
+
+        if self.data is None or self.scope != "layer" or pattern.kind not in ("unstructured", "nm"):
+            raise ValueError("method='sparsegpt' needs data=(inputs, ...), scope='layer' and an unstructured or N:M "
+                             f"pattern; got data={'given' if self.data is not None else None}, scope={self.scope!r}, "
+                             f"pattern={pattern.name!r}")
+
+        def check(fqn: str, module: nn.Module) -> str:
+            if not isinstance(module, nn.Linear) or parametrize.is_parametrized(module, "weight"):
+                raise ValueError("method='sparsegpt' rewrites the weights of unmasked nn.Linear layers only")
+            return ""
+
+        _plan_each(layers, check)
+        solved = sequential_sparsegpt(model, tuple(self.data), list(layers), pattern.name, self.sparsity)
+
+        def install(module: nn.Module, weight: torch.Tensor, mask: torch.Tensor) -> nn.Module:
+            with torch.no_grad():
+                module.weight.copy_(weight)
+            return apply_mask(module, mask)
+
+        what = f"pruned: {pattern.name} by sparsegpt (kept weights updated)"
+        return {fqn: _Planned(what, lambda m=layers[fqn], w=solved[fqn][0], k=solved[fqn][1]: install(m, w, k))
+                if fqn in solved else "not reached by model(*data)" for fqn in layers}
 
 
 # ---------------------------------------------------------------------------------------- linear layer swaps

@@ -137,3 +137,19 @@ def test_data_driven_methods_use_the_calibration_data():
     with pytest.raises(ValueError, match="needs data"):
         sparsify_(DigitsMLP(hidden=32), PruneConfig(method="obd-ggn"))
     sparsify_(DigitsMLP(hidden=32), PruneConfig(method="obd-ggn", data=(x, y)))
+
+
+def test_sparsegpt_through_the_entry_point_prunes_and_updates_the_kept_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(256, 32)
+    dense = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    report = sparsify_(model, PruneConfig(pattern="2:4", method="sparsegpt", data=(x,)))
+    assert report.changed == ["0", "2"] and "sparsegpt" in report["0"].what
+    assert is_nm(model[0].weight, 2, 4) and is_nm(model[2].weight, 2, 4)
+    kept = model[0].weight != 0
+    assert not torch.equal(model[0].weight[kept], dense[0][kept])  # the OBS update moved the kept weights
+    with pytest.raises(ValueError, match="needs data"):
+        sparsify_(_model(), PruneConfig(pattern="2:4", method="sparsegpt"))
+    with pytest.raises(ValueError, match="unmasked nn.Linear layers only"):
+        sparsify_(model, PruneConfig(pattern="2:4", method="sparsegpt", data=(x,)))

@@ -50,6 +50,8 @@ BENCHMARKS = {  # `sparsity-lab bench NAME`: each topic's benchmark module, with
     "block_sparse": "sparsity_lab.block.bench",
     "quant_sparse": "sparsity_lab.quant.bench",
     "sparse_training": "sparsity_lab.training.bench",
+    "minilm_study": "sparsity_lab.transformer.bench",
+    "minilm_gpu": "sparsity_lab.transformer.gpu_bench",
 }
 
 
