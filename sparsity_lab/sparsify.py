@@ -134,9 +134,9 @@ class PruneConfig:
     or "sparsegpt" (layer by layer in the order the model reaches them, each from its inputs with the earlier layers
     pruned; the kept weights are updated too; unstructured or N:M, unmasked linear layers); data-driven methods
     need `data` = (x,) for Wanda and SparseGPT (the model's inputs) or (x, y) for OBD. `pattern`: any
-    `patterns.parse_pattern` spec ("unstructured", "2:4", "4:8", "block 4x4", "row", "column"). `scope`: "layer" prunes each layer at
-    `sparsity`; "global" spends one budget across the layers (unstructured only). Weights already masked stay
-    masked, so repeated calls with growing sparsity form a schedule."""
+    `patterns.parse_pattern` spec ("unstructured", "2:4", "4:8", "block 4x4", "row", "column"). `scope`: "layer"
+    prunes each layer at `sparsity`; "global" spends one budget across the layers (unstructured only). Weights
+    already masked stay masked, so repeated calls with growing sparsity form a schedule."""
 
     sparsity: float | None = 0.5
     pattern: str = "unstructured"
