@@ -88,3 +88,8 @@ def test_cusparselt_library_is_found_where_either_wheel_layout_puts_it(tmp_path,
     spec = type("Spec", (), {"submodule_search_locations": [str(tmp_path / "nvidia")]})()
     monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: spec if name == "nvidia" else None)
     assert doctor.find_cusparselt_library() == library
+
+
+def test_doctor_knows_every_lecture():
+    lectures = {path.stem for path in (cli.find_course_root() / "lectures").glob("*.ipynb")}
+    assert lectures == set(doctor.LECTURE_NEEDS)
