@@ -61,3 +61,18 @@ def test_readme_quick_start_runs():
 def test_course_extra_has_what_widgets_and_grading_need():
     course = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["course"]}
     assert {"jupyterlab", "ipywidgets", "plotly", "scikit-learn", "tqdm", "anywidget", "pytest"} <= course
+
+
+def test_stored_lectures_show_no_raw_widget_reprs():
+    """A stored widget without its state shows only `VBox(children=(...` until the cell runs: none are stored."""
+    import json
+
+    for path in sorted((ROOT / "lectures").glob("*.ipynb")):
+        notebook = json.loads(path.read_text())
+        for cell in notebook["cells"]:
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                text = "".join(data.get("text/plain", ""))
+                assert "application/vnd.jupyter.widget-view+json" not in data, f"{path.name}: a stored widget"
+                assert not text.startswith(("VBox(", "HBox(", "FigureWidget(")), f"{path.name}: {text[:40]}"
+        assert "widgets" not in notebook["metadata"], f"{path.name} stores widget state"
