@@ -105,3 +105,22 @@ def test_a_refused_prune_leaves_every_layer_as_it_was(bad_layer, sparsity):
     with pytest.raises(ValueError, match="nothing was changed"):
         sparsify_(model, PruneConfig(sparsity=sparsity))
     assert _unchanged(model, before) and not any(hasattr(m, "parametrizations") for m in model)
+
+
+@pytest.mark.parametrize("config", ["semi24", "training"])
+def test_layers_name_a_wrong_feature_count(config):
+    from sparsity_lab import Semi24Config, Semi24TrainingConfig
+
+    model = nn.Sequential(nn.Linear(128, 128))
+    sparsify_(model, Semi24Config() if config == "semi24" else Semi24TrainingConfig())
+    with pytest.raises(ValueError, match="128 features"):
+        model(torch.randn(4, 100))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e20, 1e300])
+def test_repruning_keeps_pruned_weights_pruned_at_any_score_scale(scale):
+    scores = torch.full((4, 4), scale, dtype=torch.float64)
+    kept = torch.ones(4, 4, dtype=torch.bool)
+    kept[3] = False  # the last row was pruned: with every score equal, the tie rule alone would keep it first
+    mask = prune.masks_from_scores({"w": scores}, 0.5, "layer", keep_pruned={"w": kept})["w"]
+    assert not (mask & ~kept).any() and int(mask.sum()) == 8

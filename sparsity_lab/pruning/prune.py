@@ -173,7 +173,8 @@ def below_pruned(scores: torch.Tensor, kept: torch.Tensor | None) -> torch.Tenso
     """`scores` with the entries not `kept` moved below every other score."""
     if kept is None:
         return scores
-    return torch.where(kept.to(scores.device), scores, scores.min() - 1.0)
+    below = torch.nextafter(scores.min(), scores.new_tensor(-math.inf))  # strictly below at any scale of scores
+    return torch.where(kept.to(scores.device), scores, below)
 
 
 def prune_by_scores(

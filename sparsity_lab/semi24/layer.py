@@ -131,6 +131,8 @@ class Semi24Linear(nn.Module):
 
     def _route_for(self, x: torch.Tensor, key: tuple) -> tuple:
         """(sparse call or None for dense, weight pointer it was decided for), cached under `key`."""
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x has shape {tuple(x.shape)}: the layer expects {self.in_features} features last")
         x2 = x.reshape(-1, self.in_features)
         fn = None
         if self._route(x, x2):

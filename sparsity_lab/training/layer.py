@@ -326,6 +326,8 @@ class Semi24TrainingLinear(nn.Module):
         self._loaded_version = (*self._weight_key(), self.mask._version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has shape {tuple(x.shape)}: the layer expects {self.in_features} features last")
         backend = self.backend()
         weight = self._weight_key()
         dynamic = self.training and self.mask_mode == "dynamic" and torch.is_grad_enabled()
