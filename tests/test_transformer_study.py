@@ -247,13 +247,13 @@ def test_the_widget_prunes_on_every_change_and_shows_errors(tiny, monkeypatch):
 
     model, data = tiny
     box = damage_explorer(model, data, CONFIG)
-    controls, figure, table, output = box.children[0].children, box.children[1], box.children[2], box.children[3]
+    controls, output, figure, table = box.children[0].children, box.children[1], box.children[2], box.children[3]
     assert "sparsegpt" in table.value and "spearman" in table.value
     controls[2].value = "block 1"
     assert "6 linear layers" in table.value and "block 1" in figure.layout.title.text
     monkeypatch.setattr(study, "prune", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
     controls[0].value = "wanda"
-    assert any("ValueError: boom" in o.get("text", "") for o in output.outputs)
+    assert any("ValueError: boom" in o.get("text", "") for o in output.outputs) and box.errors.error is not None
 
 
 def test_the_gpu_benchmark_says_it_needs_a_gpu_and_its_checks_run_on_the_cpu(tiny, capsys):

@@ -81,8 +81,9 @@ def similarity_scatter(dense: torch.Tensor, pruned: torch.Tensor, title: str = "
     if dense.shape != pruned.shape or dense.ndim != 1:
         raise ValueError(f"dense and pruned must be 1-D and alike, got {tuple(dense.shape)}, {tuple(pruned.shape)}")
     pick = torch.randperm(len(dense), generator=torch.Generator().manual_seed(seed))[:max_points]
-    x, y = dense[pick].double().numpy(), pruned[pick].double().numpy()
-    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    # plain lists: a FigureWidget holding numpy arrays fails on the browser's replies (plotly compares them with `not`)
+    x, y = dense[pick].double().tolist(), pruned[pick].double().tolist()
+    low, high = min(min(x), min(y)), max(max(x), max(y))
     fig = go().Figure([go().Scattergl(x=x, y=y, mode="markers", marker=dict(size=3, opacity=0.4), name="pairs"),
                        go().Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dash", color="grey"),
                                     name="pruned = dense")])
