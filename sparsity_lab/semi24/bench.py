@@ -198,7 +198,7 @@ def measure_model(log: Callable[[str], None] = print) -> list[dict]:
 
 
 def summarize(rows: list[dict], compressors: dict) -> dict:
-    """The issue's targets against what was measured (worst cases named)."""
+    """The targets against what was measured (worst cases named)."""
 
     def find(m: int, k: int, n: int, dtype: str = "float16") -> dict | None:
         return next((r for r in rows if (r["M"], r["K"], r["N"], r["dtype"]) == (m, k, n, dtype)), None)
