@@ -8,16 +8,24 @@ launch work counts), and the `Decision` -- the choice, its reason and the timing
 A candidate other than the baseline (dense) is chosen only when it takes at most `margin` times the baseline's time;
 one that raises is left out and its error kept. During a CUDA-graph capture nothing is measured: an unknown key
 gets the baseline, uncached.
+
+`tune_(model, example)` makes the same decision one level up: per group of layers (every ``blocks.*.mlp.fc1``),
+by timing the whole model (or one block) with each mode, so what a layer's output layout costs downstream counts.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from sparsity_lab.timing import event_ms
+from sparsity_lab.timing import event_ms, loop_ms
+
+if TYPE_CHECKING:
+    from sparsity_lab.sparsify import Report
 
 Candidates = Mapping[str, Callable[[], object]]
 
@@ -43,6 +51,7 @@ class Dispatcher:
     reps: int = 15
     baseline: str = "dense"
     decisions: dict[tuple, Decision] = field(default_factory=dict)
+    interleave: int = 0  # > 0: time the candidates in turn, this many back-to-back calls per sample (`_interleaved`)
 
     def choose(self, key: tuple, candidates: Callable[[], Candidates]) -> Decision:
         """The cached decision for `key`; if there is none, `candidates()` (name -> call, the baseline among them;
@@ -60,11 +69,13 @@ class Dispatcher:
         errors: dict[str, str] = {}
         for name, call in calls.items():
             try:
-                timings[name] = event_ms(call, self.warmup, self.reps)
+                timings[name] = event_ms(call, self.warmup, 1 if self.interleave else self.reps)
             except Exception as err:  # a candidate that cannot run here is left out, and remembered
                 if name == self.baseline:
                     raise
                 errors[name] = repr(err)
+        if self.interleave:
+            timings = _interleaved({name: calls[name] for name in timings}, self.reps, self.interleave)
         others = {name: ms for name, ms in timings.items() if name != self.baseline}
         best = min(others, key=others.get, default=None)
         choice = best if best is not None and others[best] <= self.margin * timings[self.baseline] else self.baseline
@@ -83,3 +94,134 @@ class Dispatcher:
             rows.append({**dict(zip(names, (str(value) for value in key), strict=True)), "choice": decision.choice,
                          **{f"{name}_ms": ms for name, ms in decision.timings.items()}})
         return rows
+
+
+def _interleaved(calls: Mapping[str, Callable[[], object]], reps: int, per_sample: int) -> dict[str, float]:
+    """Median ms per call of each candidate, sampled in turn (A, B, C, A, B, C, ...; `per_sample` back-to-back
+    calls between two CUDA events per sample): a drifting GPU clock then slows every candidate alike, where timing
+    one candidate after the other would hand the difference to whichever ran while the clock was high."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            samples[name].append(loop_ms(call, calls=per_sample, trials=1))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+# ------------------------------------------------------------------------------------------- whole models
+def _group_name(fqn: str) -> str:
+    """A layer's name with block indices starred ("blocks.3.mlp.fc1" -> "blocks.*.mlp.fc1"): the layers one
+    decision covers."""
+    return ".".join("*" if part.isdigit() else part for part in fqn.split("."))
+
+
+def tunable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The layers `tune_` can set: those with a ``mode`` and the ``TUNE_MODES`` it may take (e.g. `Semi24Linear`)."""
+    return {fqn: m for fqn, m in model.named_modules() if hasattr(m, "TUNE_MODES") and hasattr(m, "mode")}
+
+
+def _block_inputs(model: torch.nn.Module, block: torch.nn.Module, example: tuple) -> tuple[tuple, dict]:
+    """The positional and keyword inputs `block` receives when the model runs on `example` (the first call)."""
+    seen: list[tuple[tuple, dict]] = []
+
+    def grab(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not seen:
+            seen.append((args, kwargs))
+
+    hook = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        hook.remove()
+    if not seen:
+        raise ValueError("block was not called when the model ran on example")
+    return seen[0]
+
+
+def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, compiled: bool = False,
+          graphs: bool = False, margin: float = 0.97, rounds: int = 2, warmup: int = 5, reps: int = 15) -> Report:
+    """Choose each tunable layer's mode by timing the model as a whole, in place; returns a `Report` saying, per layer,
+    what was chosen and the timings it rests on.
+
+    Why: a layer timed alone (what `Dispatcher` does per shape) cannot see what its output layout costs the ops
+    after it -- a 2:4 layer's column-major y is free for a GELU and the next 2:4 layer but makes a residual add,
+    LayerNorm or attention copy it. Here the layers are grouped by name with block indices starred (every
+    ``blocks.*.mlp.fc1`` is one group). Starting from all dense, each group in model order takes the mode
+    (``TUNE_MODES``) under which the model -- or only its submodule `block` (e.g. ``"blocks.0"``), run on the inputs
+    it receives from `example` -- measured fastest, if that is at most `margin` of the time with the group dense;
+    `rounds` passes over the groups let a choice see the ones made after it (fc1's column-major output pays off only
+    once fc2 reads it as it lies). The modes are timed in turn (`reps` samples of 3 back-to-back calls each, medians
+    compared), so clock drift cannot pick the winner. `compiled=True` times ``torch.compile`` of it instead
+    (recompiled per trial), for a model that will be compiled: there Inductor fuses the transposes. `graphs=True`
+    times each trial replayed from a CUDA graph, for a model that will run that way (decode steps, where eager
+    launch overhead would hide every difference)."""
+    from sparsity_lab.sparsify import LayerReport, Report
+
+    layers = tunable_layers(model)
+    if not layers:
+        raise ValueError("model has no layer tune_ can set (swap some first, e.g. sparsify_(model, Semi24Config()))")
+    if not isinstance(example, tuple):
+        raise TypeError(f"example must be a tuple of the model's inputs, got {type(example).__name__}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if compiled and graphs:
+        raise ValueError("choose compiled=True or graphs=True, not both")
+    target = model if block is None else model.get_submodule(block)
+    args, kwargs = (example, {}) if block is None else _block_inputs(model, target, example)
+    groups: dict[str, list[torch.nn.Module]] = {}
+    for fqn, layer in layers.items():
+        groups.setdefault(_group_name(fqn), []).append(layer)
+    previous = {fqn: layer.mode for fqn, layer in layers.items()}
+    dispatcher = Dispatcher(margin=margin, warmup=warmup, reps=reps, interleave=3)
+    chosen: dict[str, Decision] = {}
+    try:
+        for layer in layers.values():
+            layer.mode = "dense"
+        for round_ in range(rounds):
+            for name, members in groups.items():
+                modes = [m for m in members[0].TUNE_MODES if m != "dense"
+                         and not (compiled and m == "sparse-rowmajor")]
+                chosen[name] = dispatcher.choose((name, round_), lambda members=members, modes=modes: {
+                    mode: _trial(members, mode, target, args, kwargs, compiled, graphs)
+                    for mode in ("dense", *modes)})
+                for layer in members:
+                    layer.mode = chosen[name].choice
+    except BaseException:
+        for fqn, layer in layers.items():
+            layer.mode = previous[fqn]
+        raise
+    finally:
+        if compiled:
+            torch._dynamo.reset()
+    where = "the model" if block is None else f"{block!r}"
+    how = "compiled" if compiled else "CUDA graph" if graphs else "eager"
+    report = Report()
+    for fqn in layers:
+        decision = chosen[_group_name(fqn)]
+        report[fqn] = LayerReport(decision.choice != "dense",
+                                  f"{decision.choice}: {where} ({how}, round {rounds}) {decision.reason}")
+    return report
+
+
+def _trial(members: list[torch.nn.Module], mode: str, target: torch.nn.Module, args: tuple, kwargs: dict,
+           compiled: bool, graphs: bool) -> Callable[[], object]:
+    """One timed call of `target` with the group `members` set to `mode`: compiled afresh when `compiled`;
+    with `graphs`, captured now (the mode set for the capture) and replayed."""
+    run = target
+    if compiled:
+        torch._dynamo.reset()  # earlier trials' graphs would fill Dynamo's cache and push this one to eager
+        run = torch.compile(target)
+
+    def call() -> object:
+        for layer in members:
+            if layer.mode != mode:
+                layer.mode = mode
+        with torch.no_grad():
+            return run(*args, **kwargs)
+
+    if graphs:
+        from sparsity_lab.timing import capture_graph
+
+        graph, _ = capture_graph(call, device=next(iter(members)).weight.device)
+        return graph.replay
+    return call

@@ -287,11 +287,12 @@ class Semi24Config(_LinearSwap):
 class Int8Config(_LinearSwap):
     """Symmetric int8 dynamic quantization of each ``nn.Linear`` (per-channel weights, per-token activations);
     with `sparse`, int8 2:4 (`Int8Semi24Linear`; `prune=False` requires weights already 2:4). `backend` picks
-    the integer matmul ("auto", see `quant.layers`); `fused` runs the Triton quantize and rescale kernels."""
+    the integer matmul ("auto", see `quant.layers`); `fused` runs the Triton quantize and rescale kernels (None:
+    on CUDA inputs where Triton is installed)."""
 
     sparse: bool = True
     backend: str = "auto"
-    fused: bool = False
+    fused: bool | None = None
     prune: bool = True
 
     def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:

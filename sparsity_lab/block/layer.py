@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsity_lab._optional import triton_available
+from sparsity_lab.block import ops  # noqa: F401  (registers torch.ops.sparsity_lab.bsr_linear)
 from sparsity_lab.dispatch import Dispatcher
 from sparsity_lab.formats.matrices import BSR
 
@@ -139,7 +140,24 @@ class BlockSparseLinear(nn.Module):
         with torch.no_grad():
             return self.dispatcher.choose(self.dispatch_key(x2d), candidates).choice
 
+    def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``torch.compile`` traces: the custom op `block.ops.bsr_linear` (our kernel; backend "auto" runs its
+        default variant, as the dispatcher cannot measure inside a trace), or dense for backend "dense" and for
+        inputs that need grad."""
+        from sparsity_lab.block.kernel import DEFAULT_VARIANT
+
+        x2d = x.reshape(-1, self.in_features)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        if self.backend == "dense" or (torch.is_grad_enabled() and x.requires_grad):
+            return F.linear(x2d, self.dense_weight().to(x.dtype), bias).reshape(*x.shape[:-1], self.out_features)
+        variant = DEFAULT_VARIANT if self.backend in ("auto", "triton") else self.backend
+        y = torch.ops.sparsity_lab.bsr_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x.dtype),
+                                              bias, self.out_features, variant)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and x.shape[-1] == self.in_features:
+            return self._compiled_forward(x)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
         x2d = x.reshape(-1, self.in_features)

@@ -52,6 +52,7 @@ BENCHMARKS = {  # `sparsity-lab bench NAME`: each topic's benchmark module, with
     "sparse_training": "sparsity_lab.training.bench",
     "minilm_study": "sparsity_lab.transformer.bench",
     "minilm_gpu": "sparsity_lab.transformer.gpu_bench",
+    "models": "sparsity_lab.models.bench",
 }
 
 

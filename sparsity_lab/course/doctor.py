@@ -33,6 +33,7 @@ LECTURE_NEEDS: dict[str, LectureNeeds] = {
     "06_block_sparsity": LectureNeeds(required=("triton",), gpu=("cuda",)),  # the kernel runs interpreted on a CPU
     "07_sparsity_quantization": LectureNeeds(gpu=("cuda", "cusparselt", "triton")),
     "08_sparse_training": LectureNeeds(gpu=("cuda", "cusparselt", "triton")),
+    "09_end_to_end": LectureNeeds(gpu=("cuda", "cusparselt")),  # whole-model speed recorded (bench models)
     "10_pretrained_transformer": LectureNeeds(),  # its GPU speed is recorded (sparsity-lab bench minilm_gpu)
 }
 

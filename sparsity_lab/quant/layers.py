@@ -40,6 +40,7 @@ from sparsity_lab.quant.int8 import (
     quantize_per_token,
     rescale,
     round_up,
+    use_fused,
 )
 from sparsity_lab.semi24 import layout as semi24
 
@@ -217,11 +218,12 @@ class Int8Linear(nn.Module):
     """Linear layer with a per-channel int8 weight and per-token dynamic int8 activations (inference only).
 
     `fused=True` quantizes the activations and rescales the int32 product with the Triton kernels of
-    `sparsity_lab.quant.kernels` (one pass over memory each) instead of eager PyTorch ops.
+    `sparsity_lab.quant.kernels` (one pass over memory each) instead of eager PyTorch ops; the default (None)
+    does so on CUDA inputs where Triton is installed (`int8.use_fused`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
-                 fused: bool = False) -> None:
+                 fused: bool | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.backend, self.fused = in_features, out_features, backend, fused
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
@@ -239,7 +241,7 @@ class Int8Linear(nn.Module):
             self.bias.copy_(bias.detach())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool = False) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool | None = None) -> Int8Linear:
         """Quantize an nn.Linear (masked or not: its effective weight is used)."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, backend, fused)
         layer.load_float_weight(linear.weight.detach().float(), linear.bias)
@@ -254,19 +256,19 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend!r}"
-                + (", fused=True" if self.fused else ""))
+                + (f", fused={self.fused}" if self.fused is not None else ""))
 
 
 class Int8Semi24Linear(Int8Linear):
     """Int8Linear whose weight is 2:4 sparse; the matmul goes through a `SparseInt8Backend` (see the module doc)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
-                 fused: bool = False) -> None:
+                 fused: bool | None = None) -> None:
         super().__init__(in_features, out_features, bias, backend, fused)
         self._packed: tuple[tuple, Any] | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool = False,
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool | None = None,
                     prune: bool = True) -> Int8Semi24Linear:
         """Quantize an nn.Linear to int8 2:4: with `prune`, impose a 2:4 magnitude mask first; without, the
         weight must already be 2:4 (else ValueError naming the group)."""
@@ -292,7 +294,7 @@ class Int8Semi24Linear(Int8Linear):
             raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
         backend = resolve_backend(self.backend, x.device)
         flat = x.reshape(-1, self.in_features)
-        kernels = fused_kernels() if self.fused else None
+        kernels = fused_kernels() if use_fused(self.fused, x) else None
         if kernels is not None:
             q_x, s_x = kernels.quantize_per_token(flat)
         else:

@@ -7,9 +7,14 @@
   `Semi24Linear` and reports, per layer, what it did and why.
 * A `sparsity_lab.dispatch.Dispatcher` chooses, per `Semi24Key` (M, K, N, dtype, backend), sparse or dense from a
   short measurement at first use, cached; a shape goes sparse only when it measured at least 3% faster
-  (`DEFAULT_DISPATCHER`'s margin), so a swapped model is never slower than its dense self beyond timing noise. On
-  the CPU, or for a dtype or shape the 2:4 kernels cannot take, the layer runs dense with the pruned weight and
-  says why (`Semi24Linear.last_reason`).
+  (`DEFAULT_DISPATCHER`'s margin). On the CPU, or for a dtype or shape the 2:4 kernels cannot take, the layer runs
+  dense with the pruned weight and says why (`Semi24Linear.last_reason`).
+* `Semi24Linear.mode` fixes the choice instead ("dense", "sparse", or "sparse-rowmajor": the 2:4 kernel, then
+  `transpose_kernel.row_major` so y leaves row-major). A layer timed alone cannot see what its column-major y costs
+  the ops after it; `sparsity_lab.dispatch.tune_` times the model (or one of its blocks) with each choice and sets
+  the modes, so the swapped model as a whole is never slower than its dense self beyond timing noise.
+* Under ``torch.compile`` the 2:4 matmul is the custom op `sparsity_lab.semi24.ops.semi24_linear_t` (no graph
+  break, dynamic token counts), and Inductor fuses y's transpose into the ops that follow.
 * `capture(model, example)` (`GraphedCall`) replays a model or layer from a CUDA graph at one input shape. Eager
   decode steps are host-bound: on the H100 host one eager 2:4 call costs ~14-25 us of CPU time (of which ~13 us is
   cuSPARSELt's own launch) against a ~10 us kernel at M = 16, K = N = 4096 -- and dense ``F.linear`` is
@@ -26,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsity_lab.dispatch import Dispatcher
+from sparsity_lab.semi24 import ops
 from sparsity_lab.semi24.matmul import SPARSE_PATHS, prune24, unavailable_reason
+from sparsity_lab.semi24.transpose_kernel import row_major
 from sparsity_lab.timing import capture_graph
 
 
@@ -41,26 +48,34 @@ class Semi24Key(NamedTuple):
 
 
 DEFAULT_DISPATCHER = Dispatcher(margin=0.97)
+MODES = ("auto", "dense", "sparse", "sparse-rowmajor")
 
 
 class Semi24Linear(nn.Module):
     """y = x Wᵀ + b with a 2:4-pruned W: cuSPARSELt (or another 2:4 backend) where measured faster, else dense.
 
     Inference only: the weight is frozen, and an input that needs gradients takes the dense path (which
-    autograd can differentiate). The sparse path returns y as a transposed (column-major) view."""
+    autograd can differentiate). The sparse path returns y as a transposed (column-major) view, except in mode
+    "sparse-rowmajor". `mode` (`MODES`): "auto" lets the dispatcher decide per shape; "dense", "sparse" and
+    "sparse-rowmajor" fix the route (`sparsity_lab.dispatch.tune_` sets them from whole-model timings)."""
+
+    TUNE_MODES = ("dense", "sparse", "sparse-rowmajor")  # what `sparsity_lab.dispatch.tune_` chooses among
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "cusparselt",
-                 dispatcher: Dispatcher | None = DEFAULT_DISPATCHER, prune: bool = True) -> None:
+                 dispatcher: Dispatcher | None = DEFAULT_DISPATCHER, prune: bool = True, mode: str = "auto") -> None:
         """`weight` (out_features, in_features) is pruned to 2:4 unless `prune=False`; `dispatcher=None` always
-        runs the sparse kernel where it can (no measurement)."""
+        runs the sparse kernel where it can (no measurement). A CUDA weight is packed now (else on ``.to("cuda")``
+        or the first CUDA forward), so ``torch.compile`` finds the packed weight as a buffer."""
         super().__init__()
         if backend not in SPARSE_PATHS:
             raise ValueError(f"backend must be one of {SPARSE_PATHS}, got {backend!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if weight.dim() != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
         self.backend = backend
-        self.dispatcher = dispatcher
+        self.dispatcher = dispatcher  # a property: the compiled path refers to it by `ops.dispatcher_id`
         with torch.no_grad():
             pruned = prune24(weight.detach()) if prune else weight.detach().clone()
         self.weight = nn.Parameter(pruned, requires_grad=False)
@@ -69,15 +84,70 @@ class Semi24Linear(nn.Module):
         self._packed_for: tuple | None = None
         self._sparse_fn: Callable | None = None
         self._routes: dict[tuple, tuple] = {}  # (shape, dtype, device, needs grad) -> (sparse call or None, W ptr)
+        self._mode = mode
         self.last_reason = "not run yet"
+        # cuSPARSELt's packed weight, for the compiled path (empty until packed; not saved: rebuilt from weight)
+        self.register_buffer("compressed", torch.empty(0, dtype=torch.uint8, device=pruned.device), persistent=False)
+        self._pack_if_possible()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> Semi24Linear:
         """A `Semi24Linear` with `linear`'s weight pruned to 2:4 and its bias."""
         return cls(linear.weight, linear.bias, **kwargs)
 
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """What decides sparse or dense per shape in mode "auto" (None: always sparse where the kernel runs)."""
+        return self._dispatcher
+
+    @dispatcher.setter
+    def dispatcher(self, value: Dispatcher | None) -> None:
+        self._dispatcher, self._dispatcher_id = value, ops.dispatcher_id(value)
+        self.__dict__.get("_routes", {}).clear()
+
+    @property
+    def mode(self) -> str:
+        """How the layer routes its inputs (`MODES`); setting it forgets the routes decided so far."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        self._mode = value
+        self._routes.clear()
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}, 2:4"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}, 2:4, "
+                f"mode={self._mode}")
+
+    def _pack_if_possible(self) -> None:
+        """Pack the weight now when cuSPARSELt can run it here (a CUDA weight of a dtype and shape it takes)."""
+        w = self.weight
+        if (self.backend == "cusparselt" and w.is_cuda and not self.in_features % 64 and not self.out_features % 64
+                and unavailable_reason(self.backend, w.device, w.dtype) is None):
+            self._pack()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
+        """After ``.to()`` / ``.cuda()`` / ``.half()``: forget the packed weight and repack where cuSPARSELt runs."""
+        super()._apply(fn, recurse)
+        self._packed, self._packed_for, self._sparse_fn = None, None, None
+        self._routes.clear()
+        self.compressed = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
+        self._pack_if_possible()
+        return self
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave cuSPARSELt's handles behind (they are rebuilt from the weight)."""
+        state = self.__dict__.copy()
+        state.update(_packed=None, _packed_for=None, _sparse_fn=None, _routes={})
+        state["_buffers"] = {**state["_buffers"], "compressed": torch.empty(0, dtype=torch.uint8)}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.compressed = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
+        self._pack_if_possible()
 
     def sparse_unavailable(self, x: torch.Tensor) -> str | None:
         """Why this input cannot take the 2:4 kernel (None when it can)."""
@@ -91,9 +161,8 @@ class Semi24Linear(nn.Module):
         k, n, m = self.in_features, self.out_features, x.numel() // max(x.shape[-1], 1)
         if k % 64 or n % 64:
             return f"in_features={k} and out_features={n} must be multiples of 64 for the 2:4 kernels"
-        tokens = 16 if x.dtype == torch.int8 else 8
-        if m % tokens:
-            return f"{m} tokens: the 2:4 path needs a multiple of {tokens} for {x.dtype}"
+        if m % _tokens_multiple(x.dtype) and self.backend != "cusparselt":
+            return f"{m} tokens: {self.backend} needs a multiple of {_tokens_multiple(x.dtype)} for {x.dtype}"
         return None
 
     def _pack(self) -> Callable:
@@ -105,13 +174,29 @@ class Semi24Linear(nn.Module):
             self._packed = Semi24Matmul(self.weight.detach(), self.backend, prune=False)
             self._packed_for = key
             self._routes.clear()
+            if self.backend == "cusparselt":
+                self.compressed = self._packed.packed.compressed
+                ops.register_packed(self._packed)
             # our binding's own entry point skips Semi24Matmul's reshaping: less host time per call
             self._sparse_fn = self._packed.packed.linear if self.backend == "cusparselt" else self._packed.linear
         return self._sparse_fn
 
     def sparse_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """The 2:4 kernel on x (M, K), no dispatching."""
-        return self._pack()(x2, self.bias)
+        return self._sparse_call(x2.shape[0])(x2, self.bias)
+
+    def _sparse_call(self, m: int) -> Callable:
+        """The 2:4 call (x2, bias) -> y for M = `m` tokens in this mode. cuSPARSELt takes token counts in
+        multiples of 8 (16 for int8): other counts are padded with zero rows and y cut back to its `m` rows
+        (decode steps of 1-7 tokens are weight-bandwidth-bound, so the 8-row kernel costs what the 1-row one
+        would); "sparse-rowmajor" copies y to row-major (`transpose_kernel.row_major`)."""
+        linear = self._pack()
+        pad = -m % _tokens_multiple(self.weight.dtype)
+        if pad:
+            return lambda x, bias: linear(F.pad(x, (0, 0, 0, pad)), bias)[:m].contiguous()
+        if self._mode == "sparse-rowmajor":
+            return lambda x, bias: row_major(linear(x, bias))
+        return linear
 
     def _route(self, x: torch.Tensor, x2: torch.Tensor) -> bool:
         """Decide (once per device, dtype and token count) whether this input goes to the 2:4 kernel."""
@@ -119,7 +204,13 @@ class Semi24Linear(nn.Module):
         if reason:
             self.last_reason = f"dense (pruned weight): {reason}"
             return False
+        if self._mode == "dense":
+            self.last_reason = "dense (pruned weight): mode='dense'"
+            return False
         self._pack()
+        if self._mode != "auto":
+            self.last_reason = f"sparse: mode={self._mode!r}"
+            return True
         if self.dispatcher is None:
             self.last_reason = "sparse (no dispatcher)"
             return True
@@ -136,7 +227,7 @@ class Semi24Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         fn = None
         if self._route(x, x2):
-            linear = self._sparse_fn
+            linear = self._sparse_call(x2.shape[0])
             if x.dim() == 2:
                 fn = linear
             else:
@@ -145,7 +236,20 @@ class Semi24Linear(nn.Module):
         route = self._routes[key] = (fn, self.weight.data_ptr())
         return route
 
+    def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``torch.compile`` traces: the custom op (D = W · xᵀ) and y = D.t() as a view Inductor fuses into
+        the ops after it; dense ``F.linear`` in mode "dense", for PyTorch's backends and for inputs that need grad."""
+        if (self._mode == "dense" or self.backend != "cusparselt" or x.shape[-1] != self.in_features
+                or (x.requires_grad and torch.is_grad_enabled())):
+            return F.linear(x, self.weight, self.bias)
+        dispatcher = self._dispatcher_id if self._mode == "auto" else 0
+        d = torch.ops.sparsity_lab.semi24_linear_t(x.reshape(-1, self.in_features), self.weight, self.compressed,
+                                                   self.bias, dispatcher)
+        return d.t().reshape(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._compiled_forward(x)
         # the eager hot path: one dict lookup, then the 2:4 call (or F.linear); everything else is decided once
         grad = x.requires_grad and torch.is_grad_enabled()
         params = self._parameters
@@ -157,6 +261,11 @@ class Semi24Linear(nn.Module):
         if fn is None:
             return F.linear(x, params["weight"], params.get("bias"))
         return fn(x, params.get("bias"))
+
+
+def _tokens_multiple(dtype: torch.dtype) -> int:
+    """cuSPARSELt's token-count multiple for the dense operand (int8 measured: 24 is refused)."""
+    return 16 if dtype == torch.int8 else 8
 
 
 class GraphedCall:

@@ -1,0 +1,343 @@
+"""Benchmark: whole real models, dense against their sparse swaps, eager and under ``torch.compile``.
+
+`sparsity-lab bench models [--models vit,llama] [--dtypes bfloat16,float16] [--out PATH]` (GPU; timm and
+transformers from the ``models`` extra):
+
+* **ViT-L/16** (timm ``vit_large_patch16_224``, random weights, batch 128 at 224²): every linear but the head
+  pruned to 2:4 by magnitude. Variants: dense eager and compiled; PyTorch's ``to_sparse_semi_structured``; ours
+  2:4 with every layer forced sparse ("untuned": what a layer-by-layer swap gives) and tuned by `tune_` (each
+  group's mode from timings of one transformer block, eager or compiled), eager and compiled; int8 2:4
+  (`Int8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%, `BlockSparseConfig`).
+* **Llama-3-8B-shaped decoder** (``transformers`` ``LlamaForCausalLM`` from a config: hidden 4096, MLP 14336,
+  32 heads, 8 KV heads; `--llama-layers` layers, random weights; the decoder stack without the LM head): prefill
+  of 2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed
+  from a CUDA graph (`semi24.layer.capture`; no KV cache, so attention covers the new token only and the step
+  is the weight-bandwidth-bound part of decode). Variants: dense, ours 2:4 (`tune_` at each shape: eager for
+  prefill, from CUDA graphs for decode), block-sparse MLPs at 90%.
+
+Every variant is first checked against the dense model with the same pruned weights (relative error of the
+output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). Four of the ViT variants are profiled
+(`profile_breakdown`: CUDA time per forward in GEMMs, 2:4 GEMMs, layout copies, attention, norms, the rest).
+Results are saved after every variant, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsity_lab.checks import relative_error
+from sparsity_lab.course.results import RECORDED_DIR, record_environment, save_results
+from sparsity_lab.dispatch import tune_
+from sparsity_lab.models.profile import profile_breakdown
+from sparsity_lab.semi24.matmul import prune24
+from sparsity_lab.sparsify import BlockSparseConfig, Int8Config, Semi24Config, sparsify_
+from sparsity_lab.timing import bench_ms, resolve_device
+
+NAME = "models_gpu"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# The largest relative error of a variant's output against its dense model with the same weights (16-bit
+# rounding of differently ordered sums; int8 quantization on top for int8 2:4).
+MAX_RELATIVE_ERROR = {"int8": 0.15, "other": 0.03}
+# ----------------------------------------------------------------------------------------------- models
+def vit_large(dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """timm's ViT-L/16 at 224², random weights, every linear but the head pruned to 2:4 (magnitude)."""
+    from sparsity_lab._optional import require
+
+    timm = require("timm", "models")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_large_patch16_224", pretrained=False).to(device, dtype).eval()
+    _prune_linears_24(model, skip=("head",))
+    return model
+
+
+def llama_decoder(dtype: torch.dtype, device: torch.device, layers: int) -> nn.Module:
+    """A Llama-3-8B-shaped decoder stack (``LlamaForCausalLM(config).model``, no LM head), random weights, its
+    linears pruned to 2:4 (magnitude)."""
+    from sparsity_lab._optional import require
+
+    transformers = require("transformers", "models")
+    config = transformers.LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                                      num_key_value_heads=8, num_hidden_layers=layers, vocab_size=128256,
+                                      max_position_embeddings=8192, rope_theta=500000.0)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(config).model.to(dtype).eval()
+    model.config.use_cache = False  # every timed call starts afresh: no KV cache growing across calls
+    _prune_linears_24(model, skip=())
+    return model
+
+
+def _prune_linears_24(model: nn.Module, skip: tuple[str, ...]) -> None:
+    with torch.no_grad():
+        for fqn, module in model.named_modules():
+            if isinstance(module, nn.Linear) and fqn not in skip and not module.out_features % 64:
+                module.weight.copy_(prune24(module.weight))
+
+
+def block_prune_mlps(model: nn.Module, names: tuple[str, ...], sparsity: float, block: int = 64) -> nn.Module:
+    """A copy of `model` whose MLP linears (fqn ending in one of `names`) keep the (1 - sparsity) of their
+    `block` x `block` blocks with the largest norms."""
+    from sparsity_lab.block.pruning import block_mask
+
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for fqn, module in pruned.named_modules():
+            if isinstance(module, nn.Linear) and fqn.endswith(names):
+                module.weight.mul_(block_mask(module.weight, block, sparsity).to(module.weight.dtype))
+    return pruned
+
+
+# ---------------------------------------------------------------------------------------------- running
+class Recorder:
+    """The figures so far, saved after every variant."""
+
+    def __init__(self, out: Path, device: torch.device, log: Callable[[str], None]) -> None:
+        self.out, self.device, self.log = out, device, log
+        self.figures: dict[str, Any] = {"vit": [], "llama": [], "failures": []}
+
+    def save(self) -> None:
+        save_results(NAME, self.figures, self.out, record_environment(self.device))
+
+    def variant(self, section: str, row: dict[str, Any], run: Callable[[], dict[str, Any]]) -> None:
+        start = time.time()
+        try:
+            row.update(run())
+        except Exception:  # one variant that fails is recorded and the others still run
+            row["failure"] = traceback.format_exc()[-1500:]
+            self.figures["failures"].append(dict(row))
+        row["seconds"] = round(time.time() - start, 1)
+        self.figures[section].append(row)
+        self.log(str({k: v for k, v in row.items() if k not in ("profile", "tuning", "failure")}))
+        if "failure" in row:
+            self.log(row["failure"][-600:])
+        self.save()
+
+
+def _checked(model: nn.Module, reference: torch.Tensor, inputs: tuple, limit: float,
+             output: Callable[[Any], torch.Tensor] = lambda y: y) -> float:
+    with torch.no_grad():
+        error = relative_error(output(model(*inputs)), reference)
+    if not error <= limit:
+        raise AssertionError(f"relative error {error:.3g} against the dense model is above {limit}")
+    return error
+
+
+def _timed(model: Callable, inputs: tuple) -> float:
+    with torch.no_grad():
+        return bench_ms(lambda: model(*inputs), rep_ms=400.0)
+
+
+def _set_modes(model: nn.Module, mode: str) -> None:
+    for module in model.modules():
+        if hasattr(module, "TUNE_MODES"):
+            module.mode = mode
+
+
+def _compile(model: nn.Module) -> Callable:
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
+def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch: int = 128) -> None:
+    """Every ViT-L/16 variant at `dtype` (see the module docstring)."""
+    base = vit_large(dtype, device)
+    x = (torch.randn(batch, 3, 224, 224, device=device, dtype=dtype),)
+    with torch.no_grad():
+        reference = base(*x)
+    common = {"model": "vit_large_patch16_224", "batch": batch, "dtype": str(dtype).replace("torch.", "")}
+
+    def record(variant: str, run: Callable[[], dict[str, Any]], **extra: Any) -> None:
+        recorder.variant("vit", {**common, "variant": variant, **extra}, run)
+
+    def dense_run() -> dict[str, Any]:
+        return {"ms": _timed(base, x), "profile": profile_breakdown(lambda: _no_grad(base, x))}
+
+    record("dense", dense_run, compiled=False)
+    record("dense", lambda: {"ms": _timed(_compile(base), x)}, compiled=True)
+
+    def torch_24() -> dict[str, Any]:
+        from torch.sparse import to_sparse_semi_structured
+
+        model = copy.deepcopy(base)
+        for fqn, module in model.named_modules():
+            if isinstance(module, nn.Linear) and fqn != "head":
+                module.weight = nn.Parameter(to_sparse_semi_structured(module.weight), requires_grad=False)
+        return {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["other"]), "ms": _timed(model, x)}
+
+    record("torch to_sparse_semi_structured", torch_24, compiled=False)
+
+    ours = copy.deepcopy(base)
+    report = sparsify_(ours, Semi24Config(), lambda m, fqn: fqn != "head")
+    swapped = len(report.changed)
+
+    def untuned(compiled: bool) -> dict[str, Any]:
+        _set_modes(ours, "sparse")
+        error = _checked(ours, reference, x, MAX_RELATIVE_ERROR["other"])
+        run = _compile(ours) if compiled else ours
+        out = {"rel_error": error, "ms": _timed(run, x), "swapped": swapped}
+        out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
+        return out
+
+    def tuned(compiled: bool) -> dict[str, Any]:
+        tuning = tune_(ours, x, block="blocks.0", compiled=compiled)
+        modes = {fqn: layer.mode for fqn, layer in ours.named_modules() if hasattr(layer, "TUNE_MODES")}
+        error = _checked(ours, reference, x, MAX_RELATIVE_ERROR["other"])
+        run = _compile(ours) if compiled else ours
+        out = {"rel_error": error, "ms": _timed(run, x), "swapped": swapped,
+               "modes": {group: modes[fqn] for fqn, group in _first_of_each_group(modes).items()},
+               "tuning": {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("blocks.0.")}}
+        out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
+        return out
+
+    record("ours 2:4 untuned", lambda: untuned(False), compiled=False)
+    record("ours 2:4 untuned", lambda: untuned(True), compiled=True)
+    record("ours 2:4 tuned", lambda: tuned(False), compiled=False)
+    record("ours 2:4 tuned", lambda: tuned(True), compiled=True)
+
+    def int8_24() -> dict[str, Any]:
+        model = copy.deepcopy(base)
+        sparsify_(model, Int8Config(sparse=True, prune=False), lambda m, fqn: fqn != "head")
+        return {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["int8"]), "ms": _timed(model, x)}
+
+    record("ours int8 2:4", int8_24, compiled=False)
+    for sparsity in (0.9, 0.5):
+        pruned = block_prune_mlps(base, ("fc1", "fc2"), sparsity)
+        with torch.no_grad():
+            pruned_reference = pruned(*x)
+
+        def block_run(compiled: bool, pruned: nn.Module = pruned, ref: torch.Tensor = pruned_reference
+                      ) -> dict[str, Any]:
+            model = copy.deepcopy(pruned)
+            sparsify_(model, BlockSparseConfig(64, max_density=0.6), lambda m, fqn: fqn.endswith(("fc1", "fc2")))
+            error = _checked(model, ref, x, MAX_RELATIVE_ERROR["other"])
+            run = _compile(model) if compiled else model
+            return {"rel_error": error, "ms": _timed(run, x)}
+
+        for compiled in (False, True):
+            record(f"ours block 64 {sparsity:.0%} MLP", lambda c=compiled, f=block_run: f(c), compiled=compiled)
+    torch._dynamo.reset()
+
+
+def _first_of_each_group(modes: dict[str, str]) -> dict[str, str]:
+    from sparsity_lab.dispatch import _group_name
+
+    first: dict[str, str] = {}
+    for fqn in modes:
+        first.setdefault(_group_name(fqn), fqn)
+    return {fqn: group for group, fqn in first.items()}
+
+
+def _no_grad(model: Callable, inputs: tuple) -> object:
+    with torch.no_grad():
+        return model(*inputs)
+
+
+def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, layers: int) -> None:
+    """Llama-shaped prefill and decode steps at `dtype` (see the module docstring)."""
+    from sparsity_lab.semi24.layer import capture
+
+    base = llama_decoder(dtype, device, layers)
+    hidden = lambda out: out.last_hidden_state  # noqa: E731
+    common = {"model": f"Llama-3-8B-shaped, {layers} layers", "dtype": str(dtype).replace("torch.", "")}
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    variants: dict[str, nn.Module] = {"dense": base}
+    ours = copy.deepcopy(base)
+    sparsify_(ours, Semi24Config())
+    variants["ours 2:4"] = ours
+    blocks = block_prune_mlps(base, mlp, 0.9)
+    block_dense = blocks
+    block_ours = copy.deepcopy(blocks)
+    sparsify_(block_ours, BlockSparseConfig(64, max_density=0.2), lambda m, fqn: fqn.endswith(mlp))
+    generator = torch.Generator(device=device).manual_seed(0)
+    for batch in (1, 8):
+        ids = (torch.randint(0, 128256, (batch, 2048), device=device, generator=generator),)
+        with torch.no_grad():
+            reference = hidden(base(*ids, use_cache=False))
+            block_reference = hidden(block_dense(*ids, use_cache=False))
+        for name, model, ref in (("dense", base, reference), ("ours 2:4", ours, reference),
+                                 ("ours block 64 90% MLP", block_ours, block_reference)):
+            def prefill(model: nn.Module = model, ref: torch.Tensor = ref, name: str = name, ids: tuple = ids
+                        ) -> dict[str, Any]:
+                call = lambda ids: model(ids, use_cache=False)  # noqa: E731
+                out: dict[str, Any] = {}
+                if name == "ours 2:4":
+                    tuning = tune_(model, ids, block="layers.0")
+                    out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
+                out["rel_error"] = _checked(call, ref, ids, MAX_RELATIVE_ERROR["other"], hidden)
+                out["ms"] = _timed(call, ids)
+                return out
+
+            recorder.variant("llama", {**common, "phase": "prefill", "batch": batch, "tokens": 2048,
+                                       "variant": name}, prefill)
+    for batch in (1, 16):
+        ids = torch.randint(0, 128256, (batch, 1), device=device, generator=generator)
+        for name, model in (("dense", base), ("ours 2:4", ours), ("dense block-pruned", block_dense),
+                            ("ours block 64 90% MLP", block_ours)):
+            def decode(model: nn.Module = model, ids: torch.Tensor = ids, batch: int = batch, name: str = name
+                       ) -> dict[str, Any]:
+                out: dict[str, Any] = {}
+                if name == "ours 2:4":  # tuned again for this step, timed as it will run: from a CUDA graph
+                    tuning = tune_(model, (ids,), block="layers.0", graphs=True)
+                    out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
+                with torch.no_grad():
+                    graph = capture(lambda ids: hidden(model(ids, use_cache=False)), ids)
+                step = bench_ms(lambda: graph(ids), rep_ms=300.0)
+                return out | {"ms": step, "tokens_per_s": batch / step * 1e3}
+
+            recorder.variant("llama", {**common, "phase": "decode step (CUDA graph)", "batch": batch,
+                                       "variant": name}, decode)
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's speedup over the dense eager row (and, for compiled rows, over dense compiled) of its model,
+    dtype and shape: ``{"variant", "compiled", "over_dense_eager", "over_dense_compiled"}``."""
+    def shape(row: dict[str, Any]) -> tuple:
+        return (row.get("model"), row.get("dtype"), row.get("phase"), row.get("batch"))
+
+    dense = {(shape(r), bool(r.get("compiled"))): r["ms"] for r in rows if r.get("variant") == "dense" and "ms" in r}
+    out = []
+    for row in rows:
+        if "ms" not in row:
+            continue
+        eager = dense.get((shape(row), False))
+        compiled = dense.get((shape(row), True))
+        out.append({**{k: row.get(k) for k in ("model", "dtype", "phase", "batch", "variant", "compiled")},
+                    "ms": row["ms"], "over_dense_eager": eager / row["ms"] if eager else None,
+                    "over_dense_compiled": compiled / row["ms"] if compiled and row.get("compiled") else None})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sparsity-lab bench models", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="vit,llama", help="comma-separated: vit, llama")
+    parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated: bfloat16, float16")
+    parser.add_argument("--llama-layers", type=int, default=4, help="decoder layers of the Llama-shaped model")
+    parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
+    args = parser.parse_args(argv)
+    device = resolve_device("cuda", f"{NAME}.json")
+    if device is None:
+        return 1
+    torch.backends.cuda.matmul.allow_tf32 = False
+    recorder = Recorder(args.out, device, lambda line: print(line, flush=True))
+    for dtype_name in args.dtypes.split(","):
+        dtype = DTYPES[dtype_name]
+        if "vit" in args.models:
+            run_vit(dtype, device, recorder)
+        if "llama" in args.models:
+            run_llama(dtype, device, recorder, args.llama_layers)
+    recorder.figures["speedups"] = speedups(recorder.figures["vit"] + recorder.figures["llama"])
+    recorder.save()
+    for row in recorder.figures["speedups"]:
+        print(row, flush=True)
+    print(f"wrote {args.out}")
+    return 1 if recorder.figures["failures"] else 0

@@ -1,0 +1,90 @@
+"""Figures for lecture 09 (whole models end to end): speed-ups per variant, where a forward's time goes, and the
+Llama-shaped prefill and decode steps. Pure functions: results rows in (`sparsity-lab bench models`), figure out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sparsity_lab.course.figures import go, titled
+
+CLASS_COLORS = {"dense GEMM": "#1f77b4", "2:4 GEMM": "#2ca02c", "layout copies": "#d62728", "attention": "#9467bd",
+                "norms": "#8c564b", "other": "#7f7f7f"}
+TARGETS = {"ours 2:4 tuned": 1.18, "ours int8 2:4": 1.35, "ours block 64 90% MLP": 1.45}  # over dense eager
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['variant']} ({'compiled' if row.get('compiled') else 'eager'})"
+
+
+def speedup_figure(rows: Sequence[dict[str, Any]], dtype: str = "bfloat16", caption: str = "",
+                   title: str = "") -> Any:
+    """Horizontal bars: each ViT variant's speed-up over dense eager at `dtype` (1.0 dashed; the project's targets
+    as diamonds). `rows`: the recording's ``figures["vit"]``."""
+    mine = [r for r in rows if r.get("dtype") == dtype and "ms" in r]
+    dense = next((r["ms"] for r in mine if r["variant"] == "dense" and not r.get("compiled")), None)
+    if dense is None:
+        raise ValueError(f"rows hold no timed dense eager row at dtype {dtype!r}")
+    labels = [_label(r) for r in mine]
+    ratios = [dense / r["ms"] for r in mine]
+    colors = ["#2ca02c" if x >= 1.0 else "#d62728" for x in ratios]
+    fig = go().Figure(go().Bar(y=labels, x=ratios, orientation="h", marker_color=colors, name="measured",
+                               text=[f"{x:.2f}x ({r['ms']:.1f} ms)" for x, r in zip(ratios, mine, strict=True)],
+                               textposition="outside"))
+    targets = [(TARGETS[r["variant"]], _label(r)) for r in mine if r["variant"] in TARGETS]
+    if targets:
+        fig.add_trace(go().Scatter(x=[t for t, _ in targets], y=[lab for _, lab in targets], mode="markers",
+                                   marker={"symbol": "diamond", "size": 11, "color": "black"}, name="target"))
+    fig.add_vline(x=1.0, line_dash="dash", line_color="grey")
+    fig.update_layout(template="plotly_white", height=110 + 34 * len(mine), margin={"l": 260},
+                      xaxis_title=f"speed-up over the dense model, eager ({dense:.1f} ms)",
+                      yaxis={"autorange": "reversed"},
+                      title=titled(title or f"ViT-L/16, batch 128, {dtype}: the whole model", caption))
+    return fig
+
+
+def profile_figure(rows: Sequence[dict[str, Any]], dtype: str = "bfloat16", caption: str = "",
+                   title: str = "") -> Any:
+    """Stacked bars: CUDA ms per forward by kernel class for each profiled ViT variant at `dtype`."""
+    mine = [r for r in rows if r.get("dtype") == dtype and "profile" in r]
+    if not mine:
+        raise ValueError(f"rows hold no profiled row at dtype {dtype!r}")
+    labels = [_label(r) for r in mine]
+    fig = go().Figure()
+    for kind, color in CLASS_COLORS.items():
+        values = [r["profile"].get(kind, 0.0) for r in mine]
+        if any(values):
+            fig.add_trace(go().Bar(y=labels, x=values, orientation="h", name=kind, marker_color=color,
+                                   hovertemplate=f"{kind}: %{{x:.1f}} ms<extra></extra>"))
+    fig.update_layout(barmode="stack", template="plotly_white", height=140 + 40 * len(mine), margin={"l": 220},
+                      xaxis_title="CUDA time per forward (ms)", yaxis={"autorange": "reversed"},
+                      title=titled(title or f"Where a ViT-L forward's time goes ({dtype})", caption))
+    return fig
+
+
+def llama_figure(rows: Sequence[dict[str, Any]], caption: str = "", title: str = "") -> Any:
+    """Grouped bars: speed-up over dense per Llama-shaped phase and batch, one bar per variant and dtype."""
+    timed = [r for r in rows if "ms" in r]
+    if not timed:
+        raise ValueError("rows hold no timed Llama row")
+    dense = {(r["dtype"], r["phase"], r["batch"]): r["ms"] for r in timed if r["variant"] == "dense"}
+    block_dense = {(r["dtype"], r["phase"], r["batch"]): r["ms"] for r in timed if r["variant"] == "dense block-pruned"}
+    fig = go().Figure()
+    for dtype in dict.fromkeys(r["dtype"] for r in timed):
+        for variant in ("ours 2:4", "ours block 64 90% MLP"):
+            mine = [r for r in timed if r["dtype"] == dtype and r["variant"] == variant]
+            xs, ys = [], []
+            for r in mine:
+                key = (r["dtype"], r["phase"], r["batch"])
+                base = block_dense.get(key, dense.get(key)) if "block" in variant else dense.get(key)
+                if base:
+                    xs.append(f"{r['phase'].split(' (')[0]}, batch {r['batch']}")
+                    ys.append(base / r["ms"])
+            if xs:
+                fig.add_trace(go().Bar(x=xs, y=ys, name=f"{variant}, {dtype}", text=[f"{y:.2f}x" for y in ys],
+                                       textposition="outside"))
+    fig.add_hline(y=1.0, line_dash="dash", line_color="grey")
+    fig.update_layout(barmode="group", template="plotly_white", height=420, yaxis_title="speed-up over dense",
+                      title=titled(title or "Llama-3-8B-shaped decoder: prefill (2048 tokens) and decode steps",
+                                   caption))
+    return fig

@@ -1,0 +1,64 @@
+"""Where a forward's time goes: CUDA kernels sorted into classes from a profile, and what a sparse swap can then
+save (Amdahl's law with the layout bill: only the GEMMs speed up, and re-layouts add time).
+
+`profile_breakdown(fn)` profiles a call and sums CUDA time per class (`KERNEL_CLASSES`: 2:4 GEMMs, dense GEMMs,
+layout copies, attention, norms, the rest); `predicted_ms(profile, gemm_speedup, ...)` turns a dense profile into
+the time a swap would take. Exercise 09 asks for the same prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+KERNEL_CLASSES = (  # (class, substrings of CUDA kernel names), first match wins
+    ("2:4 GEMM", ("sparse_gemm", "sm90_xmma_sparse", "cusparselt", "spmma")),
+    ("attention", ("flash", "fmha", "sdpa", "attention", "softmax")),
+    ("layout copies", ("copy", "transpose", "_row_major_kernel", "permute", "clone")),
+    ("norms", ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "welford", "red_fused")),
+    ("dense GEMM", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "_mm_", "bsr", "_block_sparse")),
+)
+
+
+def classify_kernel(name: str) -> str:
+    """Which part of a forward a CUDA kernel's name says it is (`KERNEL_CLASSES`; "other" for the rest)."""
+    lowered = name.lower()
+    for label, needles in KERNEL_CLASSES:
+        if any(needle in lowered for needle in needles):
+            return label
+    return "other"
+
+
+def profile_breakdown(fn: Callable[[], object], calls: int = 3) -> dict[str, float]:
+    """CUDA milliseconds per call of `fn` by kernel class (torch.profiler over `calls` calls after one warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        cuda_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        if cuda_us and event.key:
+            label = classify_kernel(event.key)
+            totals[label] = totals.get(label, 0.0) + cuda_us / 1e3 / calls
+    return {label: round(ms, 3) for label, ms in sorted(totals.items())}
+
+
+def predicted_ms(profile: dict[str, float], gemm_speedup: float, sparse_fraction: float = 1.0,
+                 layout_ms: float = 0.0) -> float:
+    """The forward's predicted ms when `sparse_fraction` of its "dense GEMM" time runs `gemm_speedup` times faster
+    and `layout_ms` of re-layout is added; every other class of `profile` (ms per class) stays as it is."""
+    if "dense GEMM" not in profile:
+        raise ValueError(f"profile needs a 'dense GEMM' entry, got {sorted(profile)}")
+    if any(ms < 0 for ms in profile.values()) or layout_ms < 0:
+        raise ValueError("profile times and layout_ms must be >= 0")
+    if gemm_speedup <= 0 or not 0.0 <= sparse_fraction <= 1.0:
+        raise ValueError(f"gemm_speedup must be > 0 and sparse_fraction in [0, 1], got {gemm_speedup}, "
+                         f"{sparse_fraction}")
+    sparse = sparse_fraction * profile["dense GEMM"]
+    return sum(profile.values()) - sparse + sparse / gemm_speedup + layout_ms

@@ -1,0 +1,43 @@
+"""Grader for exercise 09 (a whole model's predicted time and speed-up from its profile)."""
+
+import pytest
+
+EXERCISE = "ex09_end_to_end"
+PROFILE = {"dense GEMM": 20.8, "attention": 2.8, "norms": 3.2, "layout copies": 0.2, "other": 5.8}
+
+
+def test_worked_example(exercise):
+    assert exercise.predicted_forward_ms(PROFILE, 1.4) == pytest.approx(32.8 - 20.8 + 20.8 / 1.4)
+    assert exercise.predicted_speedup(PROFILE, 1.4) == pytest.approx(1.2213, abs=1e-4)
+    assert exercise.predicted_speedup(PROFILE, 1.4, layout_ms=19.4) == pytest.approx(0.7091, abs=1e-4)
+    assert exercise.predicted_speedup(PROFILE, 1.4, sparse_fraction=0.5) == pytest.approx(1.0996, abs=1e-4)
+
+
+def test_only_the_sparse_share_of_the_gemms_speeds_up(exercise):
+    profile = {"dense GEMM": 10.0, "other": 10.0}
+    assert exercise.predicted_forward_ms(profile, 2.0) == pytest.approx(15.0)
+    assert exercise.predicted_forward_ms(profile, 2.0, sparse_fraction=0.0) == pytest.approx(20.0)
+    assert exercise.predicted_forward_ms(profile, 2.0, sparse_fraction=0.4, layout_ms=1.5) == pytest.approx(19.5)
+    assert exercise.predicted_speedup(profile, 1e9) == pytest.approx(2.0)  # Amdahl: the rest bounds it
+
+
+def test_a_slower_gemm_predicts_a_slowdown(exercise):
+    assert exercise.predicted_speedup({"dense GEMM": 5.0, "other": 5.0}, 0.5) == pytest.approx(10 / 15)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"profile": {"other": 1.0}, "gemm_speedup": 1.4}, "dense GEMM"),
+    ({"profile": {"dense GEMM": 1.0, "other": -1.0}, "gemm_speedup": 1.4}, "profile"),
+    ({"profile": PROFILE, "gemm_speedup": 0.0}, "gemm_speedup"),
+    ({"profile": PROFILE, "gemm_speedup": 1.4, "sparse_fraction": 1.5}, "sparse_fraction"),
+    ({"profile": PROFILE, "gemm_speedup": 1.4, "layout_ms": -0.1}, "layout_ms"),
+])
+def test_bad_input_names_the_argument(exercise, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        exercise.predicted_forward_ms(**kwargs)
+
+
+def test_profile_is_not_modified(exercise):
+    profile = dict(PROFILE)
+    exercise.predicted_speedup(profile, 1.4, layout_ms=2.0)
+    assert profile == PROFILE

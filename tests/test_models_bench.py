@@ -1,0 +1,120 @@
+"""`sparsity-lab bench models` without a GPU: kernel classes, the Amdahl prediction, speed-up rows, the recorder
+keeping a failed variant, block pruning; and lecture 09's figures from the recording."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sparsity_lab.course.results import load_results
+from sparsity_lab.models import bench, plots
+from sparsity_lab.models.encoder import Encoder
+from sparsity_lab.models.profile import classify_kernel, predicted_ms
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_sparse_gemm_bf16bf16_bf16f32_f32_tn_t_tilesize128x128", "2:4 GEMM"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT", "dense GEMM"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma", "attention"),
+    ("_row_major_kernel", "layout copies"),
+    ("void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>", "layout copies"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel", "norms"),
+    ("triton_red_fused_add_native_layer_norm_0", "norms"),
+    ("void at::native::vectorized_elementwise_kernel<8, GeluCUDAKernelImpl>", "other"),
+])
+def test_kernels_are_classified_by_name(name: str, kind: str) -> None:
+    assert classify_kernel(name) == kind
+
+
+def test_predicted_ms_is_amdahl_with_the_layout_bill() -> None:
+    profile = {"dense GEMM": 20.0, "other": 10.0}
+    assert predicted_ms(profile, 2.0) == pytest.approx(20.0)
+    assert predicted_ms(profile, 2.0, sparse_fraction=0.5, layout_ms=1.0) == pytest.approx(26.0)
+    for bad in ({"other": 1.0}, {"dense GEMM": -1.0}):
+        with pytest.raises(ValueError):
+            predicted_ms(bad, 2.0)
+    with pytest.raises(ValueError, match="sparse_fraction"):
+        predicted_ms(profile, 2.0, sparse_fraction=2.0)
+
+
+def test_speedups_compare_each_row_with_its_own_dense_rows() -> None:
+    rows = [{"model": "m", "dtype": "bf16", "batch": 1, "variant": "dense", "compiled": False, "ms": 10.0},
+            {"model": "m", "dtype": "bf16", "batch": 1, "variant": "dense", "compiled": True, "ms": 8.0},
+            {"model": "m", "dtype": "bf16", "batch": 1, "variant": "ours", "compiled": True, "ms": 5.0},
+            {"model": "m", "dtype": "bf16", "batch": 2, "variant": "ours", "compiled": False, "ms": 5.0},
+            {"model": "m", "dtype": "bf16", "batch": 1, "variant": "broken", "failure": "..."}]
+    out = {(r["variant"], r["compiled"], r["batch"]): r for r in bench.speedups(rows)}
+    assert out[("ours", True, 1)]["over_dense_eager"] == pytest.approx(2.0)
+    assert out[("ours", True, 1)]["over_dense_compiled"] == pytest.approx(1.6)
+    assert out[("ours", False, 2)]["over_dense_eager"] is None  # no dense row at batch 2
+    assert len(out) == 4  # the failed row has no time
+
+
+def test_recorder_keeps_a_failed_variant_and_saves_after_each(tmp_path: Path) -> None:
+    recorder = bench.Recorder(tmp_path / "models.json", torch.device("cpu"), lambda line: None)
+    recorder.variant("vit", {"variant": "fine"}, lambda: {"ms": 1.0})
+    recorder.variant("vit", {"variant": "broken"}, lambda: 1 / 0)
+    saved = json.loads((tmp_path / "models.json").read_text())["figures"]
+    assert [r["variant"] for r in saved["vit"]] == ["fine", "broken"]
+    assert "ZeroDivisionError" in saved["failures"][0]["failure"] and "ms" not in saved["vit"][1]
+
+
+def test_block_prune_mlps_prunes_only_the_named_layers_on_a_copy() -> None:
+    torch.manual_seed(0)
+    model = Encoder(width=128, depth=1, heads=2)
+    pruned = bench.block_prune_mlps(model, ("fc1", "fc2"), 0.75)
+    fc1 = pruned.blocks[0].mlp.fc1.weight.detach()
+    blocks = (fc1.reshape(8, 64, 2, 64) != 0).any(dim=3).any(dim=1)
+    assert blocks.float().mean() == pytest.approx(0.25)
+    assert torch.equal(pruned.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    assert (model.blocks[0].mlp.fc1.weight != 0).all()
+
+
+def test_bench_needs_a_gpu_and_says_where_the_recording_is(capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert bench.main([]) == 1
+    assert "models_gpu.json" in capsys.readouterr().err
+
+
+def test_encoder_has_vits_four_linears_per_block() -> None:
+    model = Encoder(width=64, depth=2, heads=4)
+    names = [fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert names[:4] == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert model(torch.randn(2, 5, 64)).shape == (2, 5, 64)
+    with pytest.raises(ValueError, match="heads"):
+        Encoder(width=64, heads=5)
+
+
+# ------------------------------------------------------------------------------------- the recording, plotted
+@pytest.fixture(scope="module")
+def recorded():
+    return load_results("models_gpu")
+
+
+def test_recording_holds_checked_rows(recorded) -> None:
+    vit = [r for r in recorded.figures["vit"] if "ms" in r]
+    assert {r["variant"] for r in vit} >= {"dense", "ours 2:4 untuned", "ours 2:4 tuned", "ours block 64 90% MLP"}
+    assert all(r.get("rel_error", 0.0) <= 0.15 for r in vit)
+    assert not recorded.figures["failures"]
+
+
+def test_figures_from_the_recording(recorded) -> None:
+    pytest.importorskip("plotly")
+    vit, llama = recorded.figures["vit"], recorded.figures["llama"]
+    fig = plots.speedup_figure(vit, "bfloat16", caption=recorded.label)
+    bars = fig.data[0]
+    dense = next(r["ms"] for r in vit if r["variant"] == "dense" and not r["compiled"] and r["dtype"] == "bfloat16")
+    first = next(r for r in vit if r["dtype"] == "bfloat16" and "ms" in r)
+    assert bars.x[0] == pytest.approx(dense / first["ms"]) and len(fig.data) == 2  # bars and targets
+    profile = plots.profile_figure(vit, "bfloat16")
+    assert {trace.name for trace in profile.data} >= {"dense GEMM", "2:4 GEMM", "layout copies"}
+    assert plots.llama_figure(llama).data
+    with pytest.raises(ValueError, match="dtype"):
+        plots.speedup_figure(vit, "float32")
+    with pytest.raises(ValueError):
+        plots.profile_figure([], "bfloat16")
