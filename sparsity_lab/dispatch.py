@@ -108,10 +108,13 @@ def _interleaved(calls: Mapping[str, Callable[[], object]], reps: int, per_sampl
 
 
 # ------------------------------------------------------------------------------------------- whole models
-def _group_name(fqn: str) -> str:
-    """A layer's name with block indices starred ("blocks.3.mlp.fc1" -> "blocks.*.mlp.fc1"): the layers one
-    decision covers."""
-    return ".".join("*" if part.isdigit() else part for part in fqn.split("."))
+def group_name(fqn: str, layer: torch.nn.Module) -> str:
+    """The group one `tune_` decision covers: the layer's name with block indices starred ("blocks.3.mlp.fc1" ->
+    "blocks.*.mlp.fc1"), its class and its shape (layers that share a starred name but not a shape, as in an
+    ``nn.Sequential``, are separate groups)."""
+    starred = ".".join("*" if part.isdigit() else part for part in fqn.split("."))
+    shape = f"{getattr(layer, 'in_features', '?')}x{getattr(layer, 'out_features', '?')}"
+    return f"{starred} ({type(layer).__name__} {shape})"
 
 
 def tunable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -170,7 +173,7 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     args, kwargs = (example, {}) if block is None else _block_inputs(model, target, example)
     groups: dict[str, list[torch.nn.Module]] = {}
     for fqn, layer in layers.items():
-        groups.setdefault(_group_name(fqn), []).append(layer)
+        groups.setdefault(group_name(fqn, layer), []).append(layer)
     previous = {fqn: layer.mode for fqn, layer in layers.items()}
     dispatcher = Dispatcher(margin=margin, warmup=warmup, reps=reps, interleave=3)
     chosen: dict[str, Decision] = {}
@@ -197,7 +200,7 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     how = "compiled" if compiled else "CUDA graph" if graphs else "eager"
     report = Report()
     for fqn in layers:
-        decision = chosen[_group_name(fqn)]
+        decision = chosen[group_name(fqn, layers[fqn])]
         report[fqn] = LayerReport(decision.choice != "dense",
                                   f"{decision.choice}: {where} ({how}, round {rounds}) {decision.reason}")
     return report

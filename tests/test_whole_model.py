@@ -169,6 +169,42 @@ def test_tune_second_round_sees_later_choices(monkeypatch: pytest.MonkeyPatch) -
     assert (fc1.mode, fc2.mode) == ("sparse", "sparse") and "round 2" in report["blocks.0.fc1"].what
 
 
+def test_int8_and_block_layers_have_modes_tune_can_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 2:4 and block-sparse layers take "dense" too, so a model tuned with them is never slower than dense."""
+    from sparsity_lab import BlockSparseConfig, Int8Config
+    from sparsity_lab.block.layer import BlockSparseLinear
+    from sparsity_lab.quant.layers import Int8Semi24Linear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+    with torch.no_grad():
+        model[2].weight.mul_(torch.tensor([[True, False]]).repeat_interleave(64, 0).repeat_interleave(64, 1))
+    sparsify_(model, Int8Config(sparse=True), lambda m, fqn: fqn == "0")
+    sparsify_(model, BlockSparseConfig(64, max_density=1.0), lambda m, fqn: fqn == "2")
+    int8, block = model[0], model[2]
+    assert isinstance(int8, Int8Semi24Linear) and isinstance(block, BlockSparseLinear)
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        quantized = int8(x)
+        int8.mode = "dense"
+        torch.testing.assert_close(int8(x), x @ int8.dequantized_weight().t() + int8.bias)
+        assert (int8(x) - quantized).norm() / quantized.norm() < 0.05  # the same weights, no activation rounding
+    for layer, bad in ((int8, "sparse"), (block, "int8")):
+        with pytest.raises(ValueError, match="mode must be one of"):
+            layer.mode = bad
+    cost = {("0", "dense"): 1.0, ("0", "int8"): 1.5, ("2", "dense"): 1.0, ("2", "sparse"): 0.5}
+
+    def fake_ms(fn, *args, **kwargs) -> float:
+        fn()
+        return cost[("0", int8.mode)] + cost[("2", block.mode)]
+
+    monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
+    monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
+    report = tune_(model, (x,))
+    assert (int8.mode, block.mode) == ("dense", "sparse") and block.backend == "auto"
+    assert not report["0"].changed and report["2"].changed
+
+
 def test_tune_refuses_bad_input_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="no layer tune_ can set"):
         tune_(Stack(), (torch.randn(2, 64),))

@@ -67,6 +67,7 @@ class BlockSparseLinear(nn.Module):
                                  "must be the layer's features zero-padded to whole blocks")
         self.block_size = bs
         self.backend = backend
+        self._sparse_backend = backend if backend != "dense" else "auto"  # what mode "sparse" runs
         self.dispatcher = dispatcher or DEFAULT_DISPATCHER
         self.register_buffer("crow_indices", weight.crow_indices.to(torch.int32))
         self.register_buffer("col_indices", weight.col_indices.to(torch.int32))
@@ -97,6 +98,20 @@ class BlockSparseLinear(nn.Module):
     def density(self) -> float:
         """The fraction of block positions that are stored."""
         return self.weight_bsr.density
+
+    TUNE_MODES = ("dense", "sparse")  # what `sparsity_lab.dispatch.tune_` chooses among
+
+    @property
+    def mode(self) -> str:
+        """"dense" when the layer runs F.linear on the rebuilt weight (backend "dense"), else "sparse"; setting it
+        switches between "dense" and the sparse backend the layer was built with (`tune_` sets it)."""
+        return "dense" if self.backend == "dense" else "sparse"
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in self.TUNE_MODES:
+            raise ValueError(f"mode must be one of {self.TUNE_MODES}, got {value!r}")
+        self.backend = "dense" if value == "dense" else self._sparse_backend
 
     def dense_weight(self) -> torch.Tensor:
         """The dense (out_features, in_features) weight, rebuilt once per storage and cached (the dense operand)."""

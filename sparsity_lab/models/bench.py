@@ -7,7 +7,8 @@ transformers from the ``models`` extra):
   pruned to 2:4 by magnitude. Variants: dense eager and compiled; PyTorch's ``to_sparse_semi_structured``; ours
   2:4 with every layer forced sparse ("untuned": what a layer-by-layer swap gives) and tuned by `tune_` (each
   group's mode from timings of one transformer block, eager or compiled), eager and compiled; int8 2:4
-  (`Int8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%, `BlockSparseConfig`).
+  (`Int8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%, `BlockSparseConfig`); the int8 and block
+  swaps also tuned by `tune_` (each group may stay dense).
 * **Llama-3-8B-shaped decoder** (``transformers`` ``LlamaForCausalLM`` from a config: hidden 4096, MLP 14336,
   32 heads, 8 KV heads; `--llama-layers` layers, random weights; the decoder stack without the LM head): prefill
   of 2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed
@@ -36,7 +37,7 @@ from torch import nn
 
 from sparsity_lab.checks import relative_error
 from sparsity_lab.course.results import RECORDED_DIR, record_environment, save_results
-from sparsity_lab.dispatch import tune_
+from sparsity_lab.dispatch import group_name, tunable_layers, tune_
 from sparsity_lab.models.profile import profile_breakdown
 from sparsity_lab.semi24.matmul import prune24
 from sparsity_lab.sparsify import BlockSparseConfig, Int8Config, Semi24Config, sparsify_
@@ -190,11 +191,10 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
 
     def tuned(compiled: bool) -> dict[str, Any]:
         tuning = tune_(ours, x, block="blocks.0", compiled=compiled)
-        modes = {fqn: layer.mode for fqn, layer in ours.named_modules() if hasattr(layer, "TUNE_MODES")}
         error = _checked(ours, reference, x, MAX_RELATIVE_ERROR["other"])
         run = _compile(ours) if compiled else ours
         out = {"rel_error": error, "ms": _timed(run, x), "swapped": swapped,
-               "modes": {group: modes[fqn] for fqn, group in _first_of_each_group(modes).items()},
+               "modes": _group_modes(ours),
                "tuning": {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("blocks.0.")}}
         out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
         return out
@@ -204,37 +204,47 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
     record("ours 2:4 tuned", lambda: tuned(False), compiled=False)
     record("ours 2:4 tuned", lambda: tuned(True), compiled=True)
 
-    def int8_24() -> dict[str, Any]:
+    def int8_24(tuned: bool) -> dict[str, Any]:
         model = copy.deepcopy(base)
         sparsify_(model, Int8Config(sparse=True, prune=False), lambda m, fqn: fqn != "head")
-        return {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["int8"]), "ms": _timed(model, x)}
+        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["int8"])}
+        if tuned:
+            out["modes"] = _tuned_modes(model, x)
+        return out | {"ms": _timed(model, x)}
 
-    record("ours int8 2:4", int8_24, compiled=False)
+    record("ours int8 2:4", lambda: int8_24(False), compiled=False)
+    record("ours int8 2:4 tuned", lambda: int8_24(True), compiled=False)
     for sparsity in (0.9, 0.5):
         pruned = block_prune_mlps(base, ("fc1", "fc2"), sparsity)
         with torch.no_grad():
             pruned_reference = pruned(*x)
 
-        def block_run(compiled: bool, pruned: nn.Module = pruned, ref: torch.Tensor = pruned_reference
-                      ) -> dict[str, Any]:
+        def block_run(compiled: bool, tuned: bool = False, pruned: nn.Module = pruned,
+                      ref: torch.Tensor = pruned_reference) -> dict[str, Any]:
             model = copy.deepcopy(pruned)
             sparsify_(model, BlockSparseConfig(64, max_density=0.6), lambda m, fqn: fqn.endswith(("fc1", "fc2")))
-            error = _checked(model, ref, x, MAX_RELATIVE_ERROR["other"])
+            out = {"rel_error": _checked(model, ref, x, MAX_RELATIVE_ERROR["other"])}
+            if tuned:
+                out["modes"] = _tuned_modes(model, x, compiled)
             run = _compile(model) if compiled else model
-            return {"rel_error": error, "ms": _timed(run, x)}
+            return out | {"ms": _timed(run, x)}
 
         for compiled in (False, True):
             record(f"ours block 64 {sparsity:.0%} MLP", lambda c=compiled, f=block_run: f(c), compiled=compiled)
+            record(f"ours block 64 {sparsity:.0%} MLP tuned", lambda c=compiled, f=block_run: f(c, True),
+                   compiled=compiled)
     torch._dynamo.reset()
 
 
-def _first_of_each_group(modes: dict[str, str]) -> dict[str, str]:
-    from sparsity_lab.dispatch import _group_name
+def _tuned_modes(model: nn.Module, x: tuple, compiled: bool = False) -> dict[str, str]:
+    """`tune_` on the model's first transformer block (ViT: ``blocks.0``); the modes it set, by group."""
+    tune_(model, x, block="blocks.0", compiled=compiled)
+    return _group_modes(model)
 
-    first: dict[str, str] = {}
-    for fqn in modes:
-        first.setdefault(_group_name(fqn), fqn)
-    return {fqn: group for group, fqn in first.items()}
+
+def _group_modes(model: nn.Module) -> dict[str, str]:
+    """{`dispatch.group_name`: mode} of the model's tunable layers (one entry per group)."""
+    return {group_name(fqn, layer): layer.mode for fqn, layer in tunable_layers(model).items()}
 
 
 def _no_grad(model: Callable, inputs: tuple) -> object:

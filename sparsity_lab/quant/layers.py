@@ -226,6 +226,8 @@ class Int8Linear(nn.Module):
                  fused: bool | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.backend, self.fused = in_features, out_features, backend, fused
+        self._mode = "int8"
+        self._dense_cache: tuple | None = None
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -247,11 +249,36 @@ class Int8Linear(nn.Module):
         layer.load_float_weight(linear.weight.detach().float(), linear.bias)
         return layer.to(linear.weight.device)
 
+    TUNE_MODES = ("dense", "int8")  # what `sparsity_lab.dispatch.tune_` chooses among
+
+    @property
+    def mode(self) -> str:
+        """"int8" (the integer matmul, default) or "dense" (``F.linear`` with the dequantized weight, in the input's
+        dtype: where the int8 path is slower in a model, `tune_` sets this)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in self.TUNE_MODES:
+            raise ValueError(f"mode must be one of {self.TUNE_MODES}, got {value!r}")
+        self._mode = value
+
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the integer matmul really uses: q_w * s_w."""
         return dequantize(self.weight_q, self.weight_scale)
 
+    def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x Wᵀ + b with the dequantized weight in x's dtype (cached until the weight changes): mode "dense"."""
+        tag = (x.dtype, self.weight_q.device, self.weight_q.data_ptr(), self.weight_q._version,
+               self.weight_scale._version)
+        if self._dense_cache is None or self._dense_cache[0] != tag:
+            self._dense_cache = (tag, self.dequantized_weight().to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, self._dense_cache[1], bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._mode == "dense":
+            return self.dense_forward(x)
         return int8_linear(x, self.weight_q, self.weight_scale, self.bias, backend=self.backend, fused=self.fused)
 
     def extra_repr(self) -> str:
@@ -292,6 +319,8 @@ class Int8Semi24Linear(Int8Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
+        if self._mode == "dense":
+            return self.dense_forward(x)
         backend = resolve_backend(self.backend, x.device)
         flat = x.reshape(-1, self.in_features)
         kernels = fused_kernels() if use_fused(self.fused, x) else None
