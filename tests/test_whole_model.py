@@ -241,6 +241,26 @@ def test_block_sparse_model_compiles_whole_through_the_bsr_op() -> None:
     torch._dynamo.reset()
 
 
+def test_int8_model_compiles_whole_through_the_int8_op() -> None:
+    from sparsity_lab import Int8Config
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+    sparsify_(model, Int8Config(sparse=True))
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0 and explained.graphs[0].code.count("sparsity_lab.int8_linear") == 2
+        eager = model(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(copy.deepcopy(model), fullgraph=True, dynamic=True)  # a copy finds its own buffers
+        torch.testing.assert_close(compiled(x), eager)
+        model[0].mode = "dense"
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------------------ the row-major copy kernel
 def _kernel_cases() -> dict[str, bool]:
     """In this (interpreted) process: the kernel against ``contiguous()``, bit for bit, on ragged shapes."""

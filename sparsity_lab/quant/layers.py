@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsity_lab.quant import ops
 from sparsity_lab.quant.int8 import (
     dequantize,
     fused_kernels,
@@ -231,6 +232,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        ops.register(self)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
+        """After ``.to()`` / ``.cuda()``: the buffers moved, so the compiled path's op must find them anew."""
+        super()._apply(fn, recurse)
+        ops.register(self)
+        return self
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        ops.register(self)  # a copy has buffers of its own
 
     def load_float_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Quantize a float weight (out, in) per output channel into this layer's buffers."""
@@ -277,6 +289,12 @@ class Int8Linear(nn.Module):
         return torch.nn.functional.linear(x, self._dense_cache[1], bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # one opaque op: no graph break at the Triton and integer kernels
+            return torch.ops.sparsity_lab.int8_linear(x, self.weight_q, self.weight_scale, self.bias)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward in eager mode (also what the compiled path's custom op runs)."""
         if self._mode == "dense":
             return self.dense_forward(x)
         return int8_linear(x, self.weight_q, self.weight_scale, self.bias, backend=self.backend, fused=self.fused)
@@ -316,7 +334,7 @@ class Int8Semi24Linear(Int8Linear):
             self._packed = (key, backend.compress(self.weight_q))
         return self._packed[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
         if self._mode == "dense":
