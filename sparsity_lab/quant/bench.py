@@ -158,7 +158,7 @@ def run_shape(m: int, k: int, n: int, device: torch.device, backends: list[str],
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
     layers: dict[str, Callable[[], Any]] = {DENSE_LAYER[cuda]: lambda: F.linear(x, weight, bias)}
-    int8_layer = qs.Int8Linear.from_linear(linear)
+    int8_layer = qs.Int8Linear.from_linear(linear, fused=False)
     layers["int8_dense_layer"] = lambda: int8_layer(x)
     fused_variants = (False, True) if cuda and triton_available() else (False,)
     if True in fused_variants:
