@@ -325,6 +325,29 @@ def test_compiled_model_runs_cusparselt_and_fuses_the_transpose(dtype: torch.dty
 
 
 @pytest.mark.gpu
+def test_weight_loaded_in_place_is_recompressed_or_refused() -> None:
+    """A layer packed on construction, then given new weights by load_state_dict (in place, same address): eager
+    and compiled both use the new weights; weights that are not 2:4 are refused, not silently miscompressed."""
+    from sparsity_lab.semi24.matmul import prune24
+
+    layer = Semi24Linear(torch.randn(128, 128, device="cuda", dtype=torch.float16), mode="sparse")
+    x = torch.randn(64, 128, device="cuda", dtype=torch.float16)
+    new = prune24(torch.randn(128, 128, device="cuda", dtype=torch.float16))
+    with torch.no_grad():
+        layer(x)
+        layer.load_state_dict({"weight": new, "bias": None} if layer.bias is not None else {"weight": new})
+        torch.testing.assert_close(layer(x), x @ new.t(), rtol=2e-3, atol=2e-2)
+        torch._dynamo.reset()
+        compiled = torch.compile(layer, fullgraph=True)
+        layer.weight.copy_(prune24(torch.randn_like(new)))
+        torch.testing.assert_close(compiled(x), x @ layer.weight.t(), rtol=2e-3, atol=2e-2)
+        layer.weight.copy_(torch.randn_like(new))  # not 2:4
+        with pytest.raises(ValueError, match="no longer 2:4"):
+            layer(x)
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
 def test_row_major_kernel_on_gpu_and_sparse_rowmajor_mode() -> None:
     from sparsity_lab.semi24.transpose_kernel import row_major
 

@@ -83,7 +83,8 @@ class Semi24Linear(nn.Module):
         self._packed = None
         self._packed_for: tuple | None = None
         self._sparse_fn: Callable | None = None
-        self._routes: dict[tuple, tuple] = {}  # (shape, dtype, device, needs grad) -> (sparse call or None, W ptr)
+        # (shape, dtype, device, needs grad) -> (sparse call or None, W's address and version it was decided for)
+        self._routes: dict[tuple, tuple] = {}
         self._mode = mode
         self.last_reason = "not run yet"
         # cuSPARSELt's packed weight, for the compiled path (empty until packed; not saved: rebuilt from weight)
@@ -166,12 +167,20 @@ class Semi24Linear(nn.Module):
         return None
 
     def _pack(self) -> Callable:
-        """The packed weight's matmul (x2, bias) -> y, rebuilt when the weight moved or changed dtype."""
+        """The packed weight's matmul (x2, bias) -> y, rebuilt when the weight moved or changed dtype, and
+        re-compressed in place (after checking it is still 2:4) when it was changed in place, e.g. by
+        ``load_state_dict`` (its version counter moved)."""
         key = (self.weight.device, self.weight.dtype, self.weight.data_ptr())
+        if self._packed_for == key and self._packed.version != self.weight._version:
+            if self.backend == "cusparselt":
+                ops.refresh(self._packed, self.weight.detach())
+            else:
+                self._packed_for = None
         if self._packed_for != key:
             from sparsity_lab.semi24.matmul import Semi24Matmul
 
             self._packed = Semi24Matmul(self.weight.detach(), self.backend, prune=False)
+            self._packed.version = self.weight._version
             self._packed_for = key
             self._routes.clear()
             if self.backend == "cusparselt":
@@ -221,7 +230,7 @@ class Semi24Linear(nn.Module):
         return decision.choice == "sparse"
 
     def _route_for(self, x: torch.Tensor, key: tuple) -> tuple:
-        """(sparse call or None for dense, weight pointer it was decided for), cached under `key`."""
+        """(sparse call or None for dense, weight address and version it was decided for), cached under `key`."""
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x has shape {tuple(x.shape)}: the layer expects {self.in_features} features last")
         x2 = x.reshape(-1, self.in_features)
@@ -233,7 +242,7 @@ class Semi24Linear(nn.Module):
             else:
                 flat, out_shape = (x2.shape[0], self.in_features), (*x.shape[:-1], self.out_features)
                 fn = lambda x, bias: linear(x.reshape(flat), bias).reshape(out_shape)  # noqa: E731
-        route = self._routes[key] = (fn, self.weight.data_ptr())
+        route = self._routes[key] = (fn, self.weight.data_ptr(), self.weight._version)
         return route
 
     def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,7 +264,8 @@ class Semi24Linear(nn.Module):
         params = self._parameters
         key = (x.shape, x.dtype, x.get_device(), grad)
         route = self._routes.get(key)
-        if route is None or route[1] != params["weight"].data_ptr():
+        weight = params["weight"]
+        if route is None or route[1] != weight.data_ptr() or route[2] != weight._version:
             route = self._route_for(x, key)
         fn = route[0]
         if fn is None:

@@ -35,6 +35,19 @@ def register_packed(matmul: Semi24Matmul) -> None:
     _PACKED[matmul.packed.compressed.data_ptr()] = matmul
 
 
+def refresh(matmul: Semi24Matmul, weight: torch.Tensor) -> None:
+    """Re-compress a cuSPARSELt `matmul` from `weight` in place (same buffer, so plans stay valid) when the weight
+    was changed in place since it was packed (its version counter moved); refuse a weight that is no longer 2:4,
+    whose compression would be silently wrong."""
+    if matmul.version == weight._version:
+        return
+    if not matmul.packed.is_24(weight):
+        raise ValueError("the 2:4 layer's weight was changed in place and is no longer 2:4 along its rows: prune it "
+                         "again (sparsity_lab.semi24.matmul.prune24) before loading it into a Semi24Linear")
+    matmul.packed.recompress(weight)
+    matmul.version = weight._version
+
+
 def dispatcher_id(dispatcher: Dispatcher | None) -> int:
     """The op's integer handle for a dispatcher (0: none, always sparse where the kernel can run)."""
     if dispatcher is None:
@@ -57,6 +70,7 @@ def semi24_linear_t(x: torch.Tensor, weight: torch.Tensor, compressed: torch.Ten
     matmul = _PACKED.get(compressed.data_ptr()) if compressed.numel() else None
     m = x.shape[0]
     if matmul is not None and x.dtype == weight.dtype:
+        refresh(matmul, weight)
         chosen = _DISPATCHERS.get(dispatcher) if dispatcher else None
         pad = -m % (16 if x.dtype == torch.int8 else 8)  # cuSPARSELt's token multiple: pad with zero rows
 
