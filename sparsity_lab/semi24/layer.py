@@ -5,10 +5,11 @@
   forward, so the module can be built on the CPU and moved with ``.to("cuda")``).
 * `sparsify_(model, Semi24Config())` (`sparsity_lab.sparsify`) replaces a model's ``nn.Linear`` layers by
   `Semi24Linear` and reports, per layer, what it did and why.
-* A `sparsity_lab.dispatch.Dispatcher` chooses, per `Semi24Key` (M, K, N, dtype, backend), sparse or dense from a
-  short measurement at first use, cached; a shape goes sparse only when it measured at least 3% faster
-  (`DEFAULT_DISPATCHER`'s margin). On the CPU, or for a dtype or shape the 2:4 kernels cannot take, the layer runs
-  dense with the pruned weight and says why (`Semi24Linear.last_reason`).
+* A `sparsity_lab.dispatch.Dispatcher` chooses, per `Semi24Key` (M, K, N, dtype, backend), sparse or dense (and, at
+  1-64 tokens, our Triton decode kernel, `decode_kernel`) from a short measurement at first use, cached; a shape
+  goes sparse only when it measured at least 3% faster (`DEFAULT_DISPATCHER`'s margin). On the CPU, or for a dtype
+  or shape the 2:4 kernels cannot take, the layer runs dense with the pruned weight and says why
+  (`Semi24Linear.last_reason`).
 * `Semi24Linear.mode` fixes the choice instead ("dense", "sparse", or "sparse-rowmajor": the 2:4 kernel, then
   `transpose_kernel.row_major` so y leaves row-major). A layer timed alone cannot see what its column-major y costs
   the ops after it; `sparsity_lab.dispatch.tune_` times the model (or one of its blocks) with each choice and sets
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsity_lab._optional import triton_available
 from sparsity_lab.dispatch import Dispatcher
 from sparsity_lab.semi24 import ops
 from sparsity_lab.semi24.matmul import SPARSE_PATHS, prune24, unavailable_reason
@@ -86,6 +88,7 @@ class Semi24Linear(nn.Module):
         # (shape, dtype, device, needs grad) -> (sparse call or None, W's address and version it was decided for)
         self._routes: dict[tuple, tuple] = {}
         self._mode = mode
+        self._decode_weight: tuple | None = None  # (weight tag, values, meta) for the decode kernel
         self.last_reason = "not run yet"
         # cuSPARSELt's packed weight, for the compiled path (empty until packed; not saved: rebuilt from weight)
         self.register_buffer("compressed", torch.empty(0, dtype=torch.uint8, device=pruned.device), persistent=False)
@@ -141,7 +144,7 @@ class Semi24Linear(nn.Module):
     def __getstate__(self) -> dict:
         """Copies and pickles leave cuSPARSELt's handles behind (they are rebuilt from the weight)."""
         state = self.__dict__.copy()
-        state.update(_packed=None, _packed_for=None, _sparse_fn=None, _routes={})
+        state.update(_packed=None, _packed_for=None, _sparse_fn=None, _routes={}, _decode_weight=None)
         state["_buffers"] = {**state["_buffers"], "compressed": torch.empty(0, dtype=torch.uint8)}
         return state
 
@@ -207,27 +210,53 @@ class Semi24Linear(nn.Module):
             return lambda x, bias: row_major(linear(x, bias))
         return linear
 
-    def _route(self, x: torch.Tensor, x2: torch.Tensor) -> bool:
-        """Decide (once per device, dtype and token count) whether this input goes to the 2:4 kernel."""
+    def _route(self, x: torch.Tensor, x2: torch.Tensor) -> str:
+        """Decide (once per device, dtype and token count) where this input goes: "dense", "sparse" (cuSPARSELt)
+        or "decode" (the Triton decode kernel, a dispatcher candidate at 1-64 tokens)."""
         reason = self.sparse_unavailable(x)
         if reason:
             self.last_reason = f"dense (pruned weight): {reason}"
-            return False
+            return "dense"
         if self._mode == "dense":
             self.last_reason = "dense (pruned weight): mode='dense'"
-            return False
+            return "dense"
         self._pack()
         if self._mode != "auto":
             self.last_reason = f"sparse: mode={self._mode!r}"
-            return True
+            return "sparse"
         if self.dispatcher is None:
             self.last_reason = "sparse (no dispatcher)"
-            return True
+            return "sparse"
+
+        def candidates() -> dict[str, Callable[[], torch.Tensor]]:
+            calls = {"sparse": lambda: self.sparse_forward(x2), "dense": lambda: F.linear(x2, self.weight, self.bias)}
+            if self._decode_fits(x2):
+                calls["decode"] = lambda: self._decode_call()(x2, self.bias)
+            return calls
+
         key = Semi24Key(x2.shape[0], self.in_features, self.out_features, x.dtype, self.backend)
-        decision = self.dispatcher.choose(key, lambda: {"sparse": lambda: self.sparse_forward(x2),
-                                                        "dense": lambda: F.linear(x2, self.weight, self.bias)})
+        decision = self.dispatcher.choose(key, candidates)
         self.last_reason = decision.reason
-        return decision.choice == "sparse"
+        return decision.choice
+
+    def _decode_fits(self, x2: torch.Tensor) -> bool:
+        """Whether the Triton decode kernel takes this input: CUDA, 16-bit floats, 1-64 tokens, K a multiple of 64."""
+        from sparsity_lab.semi24.decode_kernel import MAX_TOKENS
+
+        return (x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16) and x2.shape[0] <= MAX_TOKENS
+                and not self.in_features % 64 and triton_available())
+
+    def _decode_call(self) -> Callable:
+        """The decode kernel's call (x2, bias) -> y with this weight in the simple 2:4 layout (built on first use,
+        rebuilt when the weight changed)."""
+        from sparsity_lab.semi24 import layout
+        from sparsity_lab.semi24.decode_kernel import decode_linear
+
+        tag = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        if self._decode_weight is None or self._decode_weight[0] != tag:
+            self._decode_weight = (tag, *layout.compress(self.weight.detach(), "simple"))
+        _, values, meta = self._decode_weight
+        return lambda x, bias: decode_linear(x, values, meta, bias)
 
     def _route_for(self, x: torch.Tensor, key: tuple) -> tuple:
         """(sparse call or None for dense, weight address and version it was decided for), cached under `key`."""
@@ -235,8 +264,9 @@ class Semi24Linear(nn.Module):
             raise ValueError(f"x has shape {tuple(x.shape)}: the layer expects {self.in_features} features last")
         x2 = x.reshape(-1, self.in_features)
         fn = None
-        if self._route(x, x2):
-            linear = self._sparse_call(x2.shape[0])
+        choice = self._route(x, x2)
+        if choice != "dense":
+            linear = self._decode_call() if choice == "decode" else self._sparse_call(x2.shape[0])
             if x.dim() == 2:
                 fn = linear
             else:

@@ -1,0 +1,97 @@
+"""The Triton 2:4 decode kernel (1-64 tokens, simple-layout values and nibbles), run on the CPU by Triton's
+interpreter against a float64 dense product with the same pruned weight; and its operand checks.
+
+Triton's interpreter must be switched on before Triton is first imported, so the kernel runs in a child process
+(this file run as a script, with TRITON_INTERPRET=1) and the tests read its verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CASES = [(1, 64, 64, "float16", True), (5, 96, 128, "bfloat16", False), (16, 64, 192, "float32", True),
+         (20, 130, 64, "float16", False), (64, 64, 128, "bfloat16", True)]
+TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
+
+
+def _run_cases() -> dict[str, float]:
+    """Relative error of each case against float64, in this (interpreted) process."""
+    from sparsity_lab.semi24 import layout
+    from sparsity_lab.semi24.decode_kernel import decode_linear
+
+    errors = {}
+    for m, n, k, name, with_bias in CASES:
+        dtype = getattr(torch, name)
+        gen = torch.Generator().manual_seed(m * n + k)
+        w = layout.sparsify(torch.randn(n, k, generator=gen)).to(dtype)
+        w[0, :8] = 0  # all-zero groups: the nibble still names two positions
+        w[1, :4] = torch.tensor([0.0, 0.0, 3.0, 0.0]).to(dtype)  # a group with one non-zero
+        values, meta = layout.compress(w, "simple")
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        bias = torch.randn(n, generator=gen).to(dtype) if with_bias else None
+        y = decode_linear(x, values, meta, bias)
+        reference = x.double() @ w.double().t() + (0 if bias is None else bias.double())
+        ok_layout = y.shape == (m, n) and y.is_contiguous() and y.dtype == dtype
+        errors[f"{m}x{n}x{k} {name}"] = float((y.double() - reference).norm() / reference.norm()) if ok_layout else 1.0
+    return errors
+
+
+def test_decode_kernel_in_triton_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(errors) == len(CASES)
+    for (*_, name, _bias), (case, error) in zip(CASES, errors.items(), strict=True):
+        assert error < TOLERANCE[name], (case, error)
+
+
+def test_decode_kernel_refuses_operands_that_do_not_fit() -> None:
+    pytest.importorskip("triton")
+    from sparsity_lab.semi24.decode_kernel import check_operands
+
+    x = torch.randn(4, 64, dtype=torch.float16)
+    values, meta = torch.zeros(32, 32, dtype=torch.float16), torch.zeros(32, 8, dtype=torch.uint8)
+    check_operands(x, values, meta)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        check_operands(torch.randn(4, 48, dtype=torch.float16), values, meta)
+    with pytest.raises(ValueError, match="do not describe"):
+        check_operands(x, values, torch.zeros(32, 4, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="share a float dtype"):
+        check_operands(x.float(), values, meta)
+    with pytest.raises(TypeError, match="uint8"):
+        check_operands(x, values, meta.to(torch.int16))
+    with pytest.raises(ValueError, match="at most 64"):
+        check_operands(torch.randn(65, 64, dtype=torch.float16), values, meta)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_kernel_is_a_dispatcher_candidate_of_the_2_4_layer(dtype: torch.dtype) -> None:
+    from sparsity_lab.dispatch import Dispatcher
+    from sparsity_lab.semi24.layer import Semi24Linear
+
+    layer = Semi24Linear(torch.randn(512, 256, device="cuda", dtype=dtype), torch.randn(512, device="cuda",
+                                                                                         dtype=dtype),
+                         dispatcher=Dispatcher())
+    for tokens in (1, 16):
+        x = torch.randn(tokens, 256, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            y = layer(x)
+            decoded = layer._decode_call()(x, layer.bias)
+        reference = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+        for out in (y, decoded):
+            assert (out.double() - reference).norm() / reference.norm() < 1e-2
+        assert "decode" in layer.last_reason and decoded.is_contiguous()
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_cases()))
