@@ -130,8 +130,8 @@ def test_tune_keeps_a_group_sparse_only_where_the_model_got_faster(monkeypatch: 
     row-major, and anything costs more than dense for the head-side layers (fc2 transposed)."""
     _, model = _swapped()
     layers = {fqn: m for fqn, m in model.named_modules() if isinstance(m, Semi24Linear)}
-    cost = {("fc1", "dense"): 1.0, ("fc1", "sparse"): 0.7, ("fc1", "sparse-rowmajor"): 0.8,
-            ("fc2", "dense"): 1.0, ("fc2", "sparse"): 1.4, ("fc2", "sparse-rowmajor"): 0.9}
+    cost = {("fc1", "dense"): 1.0, ("fc1", "sparse"): 0.7, ("fc1", "sparse-rowmajor"): 0.8, ("fc1", "auto"): 1.2,
+            ("fc2", "dense"): 1.0, ("fc2", "sparse"): 1.4, ("fc2", "sparse-rowmajor"): 0.9, ("fc2", "auto"): 1.2}
 
     def fake_ms(fn, *args, **kwargs) -> float:
         fn()
@@ -158,8 +158,9 @@ def test_tune_second_round_sees_later_choices(monkeypatch: pytest.MonkeyPatch) -
 
     def fake_ms(fn, *args, **kwargs) -> float:
         fn()
-        first = {"dense": 1.0, "sparse": 0.7 if fc2.mode == "sparse" else 1.1, "sparse-rowmajor": 1.05}[fc1.mode]
-        return first + {"dense": 1.0, "sparse": 0.8, "sparse-rowmajor": 0.9}[fc2.mode]
+        first = {"dense": 1.0, "sparse": 0.7 if fc2.mode == "sparse" else 1.1, "sparse-rowmajor": 1.05,
+                 "auto": 1.3}[fc1.mode]
+        return first + {"dense": 1.0, "sparse": 0.8, "sparse-rowmajor": 0.9, "auto": 1.3}[fc2.mode]
 
     monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
     monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)

@@ -61,7 +61,8 @@ class Semi24Linear(nn.Module):
     "sparse-rowmajor". `mode` (`MODES`): "auto" lets the dispatcher decide per shape; "dense", "sparse" and
     "sparse-rowmajor" fix the route (`sparsity_lab.dispatch.tune_` sets them from whole-model timings)."""
 
-    TUNE_MODES = ("dense", "sparse", "sparse-rowmajor")  # what `sparsity_lab.dispatch.tune_` chooses among
+    # what `sparsity_lab.dispatch.tune_` chooses among ("auto": the per-shape dispatcher, decode kernel included)
+    TUNE_MODES = ("dense", "sparse", "sparse-rowmajor", "auto")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "cusparselt",
                  dispatcher: Dispatcher | None = DEFAULT_DISPATCHER, prune: bool = True, mode: str = "auto") -> None:
