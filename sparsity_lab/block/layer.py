@@ -23,7 +23,7 @@ from sparsity_lab.block import ops  # noqa: F401  (registers torch.ops.sparsity_
 from sparsity_lab.dispatch import Dispatcher
 from sparsity_lab.formats.matrices import BSR
 
-BLOCK_BACKENDS = ("auto", "triton", "tma", "pointer", "dense")
+BLOCK_BACKENDS = ("auto", "triton", "tma", "pointer", "decode", "dense")
 # the fastest of the kernel's variants and dense, call by call (2 warm-up calls, median of 10)
 DEFAULT_DISPATCHER = Dispatcher(margin=1.0, warmup=2, reps=10)
 
@@ -42,8 +42,9 @@ class BlockKey(NamedTuple):
 
 class BlockSparseLinear(nn.Module):
     """A Linear layer whose weight is stored block-sparse. `backend`: "auto" (the dispatcher times the kernel's
-    variants against dense once per problem and keeps the fastest), "triton" (the kernel, its default variant),
-    "tma" / "pointer" (one variant) or "dense" (F.linear on the rebuilt dense weight).
+    variants against dense once per problem and keeps the fastest; at 1-64 tokens the split-K decode kernel too),
+    "triton" (the kernel, its default variant), "tma" / "pointer" (one variant), "decode" (`block.decode_kernel`,
+    at most 64 tokens) or "dense" (F.linear on the rebuilt dense weight).
 
     Made for inference: the stored blocks are buffers, not parameters. With gradients enabled and an input that
     requires them, the dense path runs so autograd reaches `x` (and the bias).
@@ -69,6 +70,8 @@ class BlockSparseLinear(nn.Module):
         self.backend = backend
         self._sparse_backend = backend if backend != "dense" else "auto"  # what mode "sparse" runs
         self.dispatcher = dispatcher or DEFAULT_DISPATCHER
+        counts = weight.crow_indices.diff()
+        self.max_row_blocks = int(counts.max()) if counts.numel() else 0  # the decode kernel's grid
         self.register_buffer("crow_indices", weight.crow_indices.to(torch.int32))
         self.register_buffer("col_indices", weight.col_indices.to(torch.int32))
         self.register_buffer("values", weight.values)
@@ -125,8 +128,13 @@ class BlockSparseLinear(nn.Module):
         bias = self.bias.to(x2d.dtype) if self.bias is not None else None
         if backend == "dense":
             return F.linear(x2d, self.dense_weight().to(x2d.dtype), bias)
+        if backend == "decode":
+            from sparsity_lab.block.decode_kernel import bsr_decode_linear
+
+            return bsr_decode_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x2d.dtype),
+                                     self.out_features, bias, self.max_row_blocks)
         if backend not in ("triton", "tma", "pointer"):
-            raise ValueError(f"backend must be 'triton', 'tma', 'pointer' or 'dense', got {backend!r}")
+            raise ValueError(f"backend must be 'triton', 'tma', 'pointer', 'decode' or 'dense', got {backend!r}")
         from sparsity_lab.block.kernel import DEFAULT_VARIANT, bsr_linear
 
         variant = DEFAULT_VARIANT if backend == "triton" else backend
@@ -147,9 +155,11 @@ class BlockSparseLinear(nn.Module):
             return "dense"
 
         def candidates() -> dict[str, Callable[[], torch.Tensor]]:
+            from sparsity_lab.block.decode_kernel import MAX_TOKENS
             from sparsity_lab.block.kernel import tma_supported
 
             names = ["pointer", "dense"] + (["tma"] if tma_supported(x2d, self.out_features) else [])
+            names += ["decode"] if x2d.shape[0] <= MAX_TOKENS else []
             return {name: lambda name=name: self.run(x2d, name) for name in names}
 
         with torch.no_grad():
@@ -165,7 +175,7 @@ class BlockSparseLinear(nn.Module):
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         if self.backend == "dense" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x2d, self.dense_weight().to(x.dtype), bias).reshape(*x.shape[:-1], self.out_features)
-        variant = DEFAULT_VARIANT if self.backend in ("auto", "triton") else self.backend
+        variant = DEFAULT_VARIANT if self.backend in ("auto", "triton", "decode") else self.backend
         y = torch.ops.sparsity_lab.bsr_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x.dtype),
                                               bias, self.out_features, variant)
         return y.reshape(*x.shape[:-1], self.out_features)
