@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +38,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def interpreted() -> Callable[[str], object]:
+    """Run a test file as a script under Triton's CPU interpreter (TRITON_INTERPRET=1 must be set before Triton is
+    first imported, so the kernels run in a child process) and return the JSON its last output line holds."""
+    pytest.importorskip("triton")
+
+    def run(test_file: str) -> object:
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        out = subprocess.run([sys.executable, test_file], env=env, capture_output=True, text=True, timeout=600,
+                             cwd=Path(test_file).parent)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,11 @@
 """The Triton block-sparse decode kernel (split-K over each block-row's stored blocks, 1-64 tokens), run on the CPU
 by Triton's interpreter against a float64 dense product with the same weight.
 
-Triton's interpreter must be switched on before Triton is first imported, so the kernel runs in a child process
-(this file run as a script, with TRITON_INTERPRET=1) and the tests read its verdicts."""
+The kernel runs in a child process under the interpreter (the `interpreted` fixture runs this file as a script)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -44,13 +39,8 @@ def _run_cases() -> dict[str, float]:
     return errors
 
 
-def test_block_decode_kernel_in_triton_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=Path(__file__).parent)
-    assert out.returncode == 0, out.stderr[-3000:]
-    errors = json.loads(out.stdout.strip().splitlines()[-1])
+def test_block_decode_kernel_in_triton_interpreter(interpreted) -> None:
+    errors = interpreted(__file__)
     assert len(errors) == len(CASES)
     for case, (*_, name, _bias) in zip(errors, CASES, strict=True):
         assert errors[case] < TOLERANCE[name], (case, errors[case])

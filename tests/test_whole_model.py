@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -278,13 +274,8 @@ def _kernel_cases() -> dict[str, bool]:
     return results
 
 
-def test_row_major_kernel_in_triton_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=Path(__file__).parent)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+def test_row_major_kernel_in_triton_interpreter(interpreted) -> None:
+    results = interpreted(__file__)
     assert results and all(results.values()), results
 
 
