@@ -136,7 +136,7 @@ class Semi24Linear(nn.Module):
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
         """After ``.to()`` / ``.cuda()`` / ``.half()``: forget the packed weight and repack where cuSPARSELt runs."""
         super()._apply(fn, recurse)
-        self._packed, self._packed_for, self._sparse_fn = None, None, None
+        self._packed, self._packed_for, self._sparse_fn, self._decode_weight = None, None, None, None
         self._routes.clear()
         self.compressed = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
         self._pack_if_possible()
