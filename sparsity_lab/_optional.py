@@ -17,6 +17,13 @@ def require(module: str, extra: str = "course") -> ModuleType:
         ) from err
 
 
+def triton_interpreting() -> bool:
+    """Whether Triton's kernels run in its CPU interpreter (TRITON_INTERPRET=1, read when Triton is imported)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def triton_available() -> bool:
     """Whether Triton can be imported (the optional dependency of every Triton kernel in the package)."""
     try:

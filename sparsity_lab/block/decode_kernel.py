@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsity_lab._optional import triton_interpreting
+
 MAX_TOKENS = 64
 
 
@@ -66,10 +68,9 @@ def bsr_decode_linear(x: torch.Tensor, crow_indices: torch.Tensor, col_indices: 
     y32 = torch.zeros((m, out_features), dtype=torch.float32, device=x.device)
     block_m = 16
     grid = (block_rows, max(triton.cdiv(max_row_blocks, chunk), 1), triton.cdiv(m, block_m))
-    interpreted = type(_bsr_decode_kernel).__name__ == "InterpretedFunction"
+    widen = x.dtype == torch.bfloat16 and triton_interpreting()
     _bsr_decode_kernel[grid](x.contiguous(), crow_indices, col_indices, blocks.contiguous(), y32, m, out_features,
-                             k, CHUNK=chunk, BS=bs, BLOCK_M=block_m, WIDEN=x.dtype == torch.bfloat16 and interpreted,
-                             num_warps=4)
+                             k, CHUNK=chunk, BS=bs, BLOCK_M=block_m, WIDEN=widen, num_warps=4)
     if bias is not None:
         y32 += bias.to(torch.float32)
     return y32.to(x.dtype)

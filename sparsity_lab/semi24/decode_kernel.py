@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsity_lab._optional import triton_available
+from sparsity_lab._optional import triton_available, triton_interpreting
 
 MAX_TOKENS = 64  # the token counts this kernel is written for (tiles of 16 tokens)
 
@@ -96,8 +96,7 @@ def decode_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bia
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     block_m = 16
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    interpreted = type(_decode_kernel).__name__ == "InterpretedFunction"  # built for Triton's CPU interpreter
     _decode_kernel[grid](x, values, meta, values if bias is None else bias, y, m, n, k, HAS_BIAS=bias is not None,
                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                         WIDEN=x.dtype == torch.bfloat16 and interpreted, num_warps=4)
+                         WIDEN=x.dtype == torch.bfloat16 and triton_interpreting(), num_warps=4)
     return y

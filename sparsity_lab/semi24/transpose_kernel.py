@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsity_lab._optional import triton_available
+from sparsity_lab._optional import triton_available, triton_interpreting
 
 if triton_available():
     import triton
@@ -42,16 +42,10 @@ def is_column_major(y: torch.Tensor) -> bool:
 def row_major(y: torch.Tensor, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
     """y (M, N) as a row-major tensor: the Triton tile copy for a column-major y on the GPU (or on the CPU
     under ``TRITON_INTERPRET=1``), ``y.contiguous()`` for anything else. Bit-exact: values are only moved."""
-    if not is_column_major(y) or not triton_available() or (not y.is_cuda and not _interpreting()):
+    if not is_column_major(y) or not triton_available() or (not y.is_cuda and not triton_interpreting()):
         return y.contiguous()
     m, n = y.shape
     out = torch.empty((m, n), dtype=y.dtype, device=y.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _row_major_kernel[grid](y, out, m, n, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
     return out
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
