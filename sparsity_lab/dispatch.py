@@ -225,6 +225,7 @@ def _trial(members: list[torch.nn.Module], mode: str, target: torch.nn.Module, a
     if graphs:
         from sparsity_lab.timing import capture_graph
 
-        graph, _ = capture_graph(call, device=next(iter(members)).weight.device)
+        tensors = [t for t in (*target.parameters(), *target.buffers()) if t.is_cuda]  # int8 layers hold buffers
+        graph, _ = capture_graph(call, device=tensors[0].device if tensors else None)
         return graph.replay
     return call
