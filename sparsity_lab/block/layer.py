@@ -181,10 +181,10 @@ class BlockSparseLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.shape[-1] == self.in_features:
-            return self._compiled_forward(x)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        if torch.compiler.is_compiling():
+            return self._compiled_forward(x)
         x2d = x.reshape(-1, self.in_features)
         backend = self.backend
         if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):

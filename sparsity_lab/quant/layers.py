@@ -294,9 +294,14 @@ class Int8Linear(nn.Module):
         return self.eager_forward(x)
 
     def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward in eager mode (also what the compiled path's custom op runs)."""
+        """The forward in eager mode (also what the compiled path's custom op runs): `int8_forward`, or the dense
+        product in mode "dense"."""
         if self._mode == "dense":
             return self.dense_forward(x)
+        return self.int8_forward(x)
+
+    def int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize x per token, the integer matmul, rescale to x's dtype."""
         return int8_linear(x, self.weight_q, self.weight_scale, self.bias, backend=self.backend, fused=self.fused)
 
     def extra_repr(self) -> str:
@@ -337,8 +342,9 @@ class Int8Semi24Linear(Int8Linear):
     def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
-        if self._mode == "dense":
-            return self.dense_forward(x)
+        return super().eager_forward(x)
+
+    def int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.backend, x.device)
         flat = x.reshape(-1, self.in_features)
         kernels = fused_kernels() if use_fused(self.fused, x) else None

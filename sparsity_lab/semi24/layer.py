@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,19 +34,9 @@ from sparsity_lab._optional import triton_available
 from sparsity_lab.dispatch import Dispatcher
 from sparsity_lab.semi24 import ops
 from sparsity_lab.semi24.matmul import SPARSE_PATHS, prune24, unavailable_reason
+from sparsity_lab.semi24.ops import Semi24Key, tokens_multiple
 from sparsity_lab.semi24.transpose_kernel import row_major
 from sparsity_lab.timing import capture_graph
-
-
-class Semi24Key(NamedTuple):
-    """The problem a dispatcher decision is made for: tokens M, in_features K, out_features N, dtype, backend."""
-
-    M: int
-    K: int
-    N: int
-    dtype: torch.dtype
-    backend: str
-
 
 DEFAULT_DISPATCHER = Dispatcher(margin=0.97)
 MODES = ("auto", "dense", "sparse", "sparse-rowmajor")
@@ -136,10 +125,7 @@ class Semi24Linear(nn.Module):
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
         """After ``.to()`` / ``.cuda()`` / ``.half()``: forget the packed weight and repack where cuSPARSELt runs."""
         super()._apply(fn, recurse)
-        self._packed, self._packed_for, self._sparse_fn, self._decode_weight = None, None, None, None
-        self._routes.clear()
-        self.compressed = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
-        self._pack_if_possible()
+        self._repack()
         return self
 
     def __getstate__(self) -> dict:
@@ -151,6 +137,12 @@ class Semi24Linear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self._repack()
+
+    def _repack(self) -> None:
+        """Forget the packed weight and everything decided with it, then pack again where cuSPARSELt runs."""
+        self._packed, self._packed_for, self._sparse_fn, self._decode_weight = None, None, None, None
+        self._routes.clear()
         self.compressed = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
         self._pack_if_possible()
 
@@ -166,8 +158,8 @@ class Semi24Linear(nn.Module):
         k, n, m = self.in_features, self.out_features, x.numel() // max(x.shape[-1], 1)
         if k % 64 or n % 64:
             return f"in_features={k} and out_features={n} must be multiples of 64 for the 2:4 kernels"
-        if m % _tokens_multiple(x.dtype) and self.backend != "cusparselt":
-            return f"{m} tokens: {self.backend} needs a multiple of {_tokens_multiple(x.dtype)} for {x.dtype}"
+        if m % tokens_multiple(x.dtype) and self.backend != "cusparselt":
+            return f"{m} tokens: {self.backend} needs a multiple of {tokens_multiple(x.dtype)} for {x.dtype}"
         return None
 
     def _pack(self) -> Callable:
@@ -204,7 +196,7 @@ class Semi24Linear(nn.Module):
         (decode steps of 1-7 tokens are weight-bandwidth-bound, so the 8-row kernel costs what the 1-row one
         would); "sparse-rowmajor" copies y to row-major (`transpose_kernel.row_major`)."""
         linear = self._pack()
-        pad = -m % _tokens_multiple(self.weight.dtype)
+        pad = -m % tokens_multiple(self.weight.dtype)
         if pad:
             return lambda x, bias: linear(F.pad(x, (0, 0, 0, pad)), bias)[:m].contiguous()
         if self._mode == "sparse-rowmajor":
@@ -302,11 +294,6 @@ class Semi24Linear(nn.Module):
         if fn is None:
             return F.linear(x, params["weight"], params.get("bias"))
         return fn(x, params.get("bias"))
-
-
-def _tokens_multiple(dtype: torch.dtype) -> int:
-    """cuSPARSELt's token-count multiple for the dense operand (int8 measured: 24 is refused)."""
-    return 16 if dtype == torch.int8 else 8
 
 
 class GraphedCall:

@@ -17,7 +17,7 @@ descriptors) by that buffer's address in `_PACKED`, which holds it only as long 
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -25,6 +25,21 @@ from sparsity_lab.dispatch import Dispatcher
 
 if TYPE_CHECKING:
     from sparsity_lab.semi24.matmul import Semi24Matmul
+
+class Semi24Key(NamedTuple):
+    """The problem a dispatcher decision is made for: tokens M, in_features K, out_features N, dtype, backend."""
+
+    M: int
+    K: int
+    N: int
+    dtype: torch.dtype
+    backend: str
+
+
+def tokens_multiple(dtype: torch.dtype) -> int:
+    """cuSPARSELt's token-count multiple for the dense operand (int8 measured: 24 is refused)."""
+    return 16 if dtype == torch.int8 else 8
+
 
 _PACKED: weakref.WeakValueDictionary[int, Semi24Matmul] = weakref.WeakValueDictionary()
 _DISPATCHERS: weakref.WeakValueDictionary[int, Dispatcher] = weakref.WeakValueDictionary()
@@ -72,7 +87,7 @@ def semi24_linear_t(x: torch.Tensor, weight: torch.Tensor, compressed: torch.Ten
     if matmul is not None and x.dtype == weight.dtype:
         refresh(matmul, weight)
         chosen = _DISPATCHERS.get(dispatcher) if dispatcher else None
-        pad = -m % (16 if x.dtype == torch.int8 else 8)  # cuSPARSELt's token multiple: pad with zero rows
+        pad = -m % tokens_multiple(x.dtype)  # pad with zero rows to cuSPARSELt's token multiple
 
         def sparse() -> torch.Tensor:
             if pad:
@@ -81,8 +96,6 @@ def semi24_linear_t(x: torch.Tensor, weight: torch.Tensor, compressed: torch.Ten
 
         if chosen is None:
             return sparse()
-        from sparsity_lab.semi24.layer import Semi24Key
-
         key = Semi24Key(m, weight.shape[1], weight.shape[0], x.dtype, "cusparselt")
         decision = chosen.choose(key, lambda: {"sparse": sparse, "dense": lambda: _dense_t(x, weight, bias)})
         if decision.choice == "sparse":
