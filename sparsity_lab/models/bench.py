@@ -139,9 +139,8 @@ def _timed(model: Callable, inputs: tuple) -> float:
 
 
 def _set_modes(model: nn.Module, mode: str) -> None:
-    for module in model.modules():
-        if hasattr(module, "TUNE_MODES"):
-            module.mode = mode
+    for layer in tunable_layers(model).values():
+        layer.mode = mode
 
 
 def _compile(model: nn.Module) -> Callable:
