@@ -7,6 +7,7 @@ One frozen config per technique says what to do to each layer it can take:
 | `PruneConfig` | the same layer with a mask attached through ``parametrize`` (any method, any pattern) |
 | `Semi24Config` | `Semi24Linear`: 2:4 weight, cuSPARSELt where measured faster than dense (inference) |
 | `Int8Config` | `Int8Linear`, or `Int8Semi24Linear` with ``sparse=True`` (int8 weights and activations) |
+| `Fp8Config` | `Fp8Linear`, or `Fp8Semi24Linear` with ``sparse=True`` (FP8 e4m3 / e5m2 weights and activations) |
 | `BlockSparseConfig` | `BlockSparseLinear`: only the non-zero blocks stored, our Triton kernel (inference) |
 | `Semi24TrainingConfig` | `Semi24TrainingLinear`: trains with a 2:4 (transposable) weight |
 
@@ -303,6 +304,39 @@ class Int8Config(_LinearSwap):
             return "Int8Semi24Linear (int8 2:4)", layer
         why = f" (in_features={linear.in_features} is not a multiple of 4: dense int8)" if self.sparse else ""
         return "Int8Linear" + why, Int8Linear.from_linear(linear, backend=self.backend, fused=self.fused)
+
+
+@dataclass(frozen=True)
+class Fp8Config(_LinearSwap):
+    """FP8 dynamic quantization of each ``nn.Linear`` (`format` "e4m3" or "e5m2"; per-channel weights, per-token
+    activations); with `sparse`, FP8 2:4 (`Fp8Semi24Linear`, cuSPARSELt on the GPU; `prune=False` requires weights
+    already 2:4). `backend`: "auto" (the GPU kernels on CUDA, the float64 reference elsewhere) or "reference";
+    `fused` quantizes with the Triton kernel (None: on CUDA inputs where Triton is installed)."""
+
+    format: str = "e4m3"
+    sparse: bool = True
+    backend: str = "auto"
+    fused: bool | None = None
+    prune: bool = True
+
+    def check(self) -> None:
+        from sparsity_lab.quant.fp8 import FORMATS
+
+        _check_choice("format", self.format, tuple(FORMATS))
+        _check_choice("backend", self.backend, ("auto", "reference"))
+
+    def unfit(self, linear: nn.Module) -> str | None:
+        if self.sparse and linear.in_features % 4:
+            return f"in_features={linear.in_features} is not a multiple of 4 (2:4 groups)"
+        return None
+
+    def convert(self, linear: nn.Module) -> tuple[str, nn.Module]:
+        from sparsity_lab.quant.fp8 import Fp8Linear, Fp8Semi24Linear
+
+        if self.sparse:
+            layer = Fp8Semi24Linear.from_linear(linear, self.format, self.backend, self.fused, prune=self.prune)
+            return f"Fp8Semi24Linear ({self.format} 2:4)", layer
+        return f"Fp8Linear ({self.format})", Fp8Linear.from_linear(linear, self.format, self.backend, self.fused)
 
 
 # ------------------------------------------------------------------------------------------------- block

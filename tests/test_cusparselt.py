@@ -57,7 +57,10 @@ def test_compute_type_follows_the_library_version():
     assert cslt.compute_type(torch.float16, (0, 8, 0)) == cslt.compute_type(torch.bfloat16, (0, 8, 0)) == 2  # 32F
     assert cslt.compute_type(torch.int8, (0, 8, 0)) == 0  # 32I
     assert cslt.compute_type(torch.int8, (0, 5, 2)) == 1 and cslt.compute_type(torch.float16, (0, 5, 2)) == 0
-    with pytest.raises(TypeError, match="float16, bfloat16 or int8"):
+    assert cslt.compute_type(torch.float8_e4m3fn, (0, 8, 0)) == cslt.compute_type(torch.float8_e5m2, (0, 8, 0)) == 2
+    with pytest.raises(cslt.CusparseLtError, match="FP8 needs cuSPARSELt 0.6"):
+        cslt.compute_type(torch.float8_e4m3fn, (0, 5, 2))
+    with pytest.raises(TypeError, match="inputs must be one of"):
         cslt.compute_type(torch.float32, (0, 8, 0))
 
 

@@ -63,6 +63,20 @@ def test_recorder_keeps_a_failed_variant_and_saves_after_each(tmp_path: Path) ->
     assert "ZeroDivisionError" in saved["failures"][0]["failure"] and "ms" not in saved["vit"][1]
 
 
+def test_recorder_runs_only_the_named_variants_and_updates_a_file_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "models.json"
+    first = bench.Recorder(path, torch.device("cpu"), lambda line: None)
+    for variant in ("dense", "ours 2:4", "ours fp8 2:4"):
+        first.variant("vit", {"variant": variant, "compiled": False}, lambda: {"ms": 1.0})
+    first.variant("vit", {"variant": "ours block", "compiled": False}, lambda: 1 / 0)
+    again = bench.Recorder(path, torch.device("cpu"), lambda line: None, only=("fp8", "block"), update=True)
+    for variant in ("dense", "ours 2:4", "ours fp8 2:4", "ours block"):
+        again.variant("vit", {"variant": variant, "compiled": False}, lambda: {"ms": 2.0})
+    rows = {r["variant"]: r["ms"] for r in json.loads(path.read_text())["figures"]["vit"]}
+    assert rows == {"dense": 2.0, "ours 2:4": 1.0, "ours fp8 2:4": 2.0, "ours block": 2.0}
+    assert json.loads(path.read_text())["figures"]["failures"] == []  # the failure was measured again, and passed
+
+
 def test_block_prune_mlps_prunes_only_the_named_layers_on_a_copy() -> None:
     torch.manual_seed(0)
     model = Encoder(width=128, depth=1, heads=2)

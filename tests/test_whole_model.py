@@ -247,7 +247,7 @@ def test_int8_model_compiles_whole_through_the_int8_op() -> None:
     x = torch.randn(3, 5, 64)
     with torch.no_grad():
         explained = torch._dynamo.explain(model)(x)
-        assert explained.graph_break_count == 0 and explained.graphs[0].code.count("sparsity_lab.int8_linear") == 2
+        assert explained.graph_break_count == 0 and explained.graphs[0].code.count("sparsity_lab.quantized_linear") == 2
         eager = model(x)
         torch._dynamo.reset()
         compiled = torch.compile(copy.deepcopy(model), fullgraph=True, dynamic=True)  # a copy finds its own buffers

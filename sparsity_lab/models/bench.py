@@ -7,8 +7,8 @@ transformers from the ``models`` extra):
   pruned to 2:4 by magnitude. Variants: dense eager and compiled; PyTorch's ``to_sparse_semi_structured``; ours
   2:4 with every layer forced sparse ("untuned": what a layer-by-layer swap gives) and tuned by `tune_` (each
   group's mode from timings of one transformer block, eager or compiled), eager and compiled; int8 2:4
-  (`Int8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%, `BlockSparseConfig`); the int8 and block
-  swaps also tuned by `tune_` (each group may stay dense).
+  (`Int8Config`) and FP8 e4m3 2:4 (`Fp8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%,
+  `BlockSparseConfig`); the int8, FP8 and block swaps also tuned by `tune_` (each group may stay dense).
 * **Llama-3-8B-shaped decoder** (``transformers`` ``LlamaForCausalLM`` from a config: hidden 4096, MLP 14336,
   32 heads, 8 KV heads; `--llama-layers` layers, random weights; the decoder stack without the LM head): prefill
   of 2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed
@@ -19,7 +19,9 @@ transformers from the ``models`` extra):
 Every variant is first checked against the dense model with the same pruned weights (relative error of the
 output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). Four of the ViT variants are profiled
 (`profile_breakdown`: CUDA time per forward in GEMMs, 2:4 GEMMs, layout copies, attention, norms, the rest).
-Results are saved after every variant, so a run cut short keeps what it measured.
+Results are saved after every variant, so a run cut short keeps what it measured. `--variants fp8,block` runs
+only the variants whose names contain one of the words (and dense, their baseline); `--update` keeps the rows
+of the results file that this run does not measure again, so a run can be split into several.
 """
 
 from __future__ import annotations
@@ -36,18 +38,19 @@ import torch
 from torch import nn
 
 from sparsity_lab.checks import relative_error
-from sparsity_lab.course.results import RECORDED_DIR, record_environment, save_results
+from sparsity_lab.course.results import RECORDED_DIR, load_results, record_environment, save_results
 from sparsity_lab.dispatch import group_name, tunable_layers, tune_
 from sparsity_lab.models.profile import profile_breakdown
 from sparsity_lab.semi24.matmul import prune24
-from sparsity_lab.sparsify import BlockSparseConfig, Int8Config, Semi24Config, sparsify_
+from sparsity_lab.sparsify import BlockSparseConfig, Fp8Config, Int8Config, Semi24Config, sparsify_
 from sparsity_lab.timing import bench_ms, resolve_device
 
 NAME = "models_gpu"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # The largest relative error of a variant's output against its dense model with the same weights (16-bit
-# rounding of differently ordered sums; int8 quantization on top for int8 2:4).
-MAX_RELATIVE_ERROR = {"int8": 0.15, "other": 0.03}
+# rounding of differently ordered sums; int8 or FP8 quantization of every layer's operands on top).
+MAX_RELATIVE_ERROR = {"int8": 0.15, "fp8": 0.25, "other": 0.03}
+ROW_KEY = ("model", "dtype", "phase", "batch", "variant", "compiled")  # what makes two rows the same measurement
 # ----------------------------------------------------------------------------------------------- models
 def vit_large(dtype: torch.dtype, device: torch.device) -> nn.Module:
     """timm's ViT-L/16 at 224², random weights, every linear but the head pruned to 2:4 (magnitude)."""
@@ -102,14 +105,23 @@ def block_prune_mlps(model: nn.Module, names: tuple[str, ...], sparsity: float, 
 class Recorder:
     """The figures so far, saved after every variant."""
 
-    def __init__(self, out: Path, device: torch.device, log: Callable[[str], None]) -> None:
-        self.out, self.device, self.log = out, device, log
+    def __init__(self, out: Path, device: torch.device, log: Callable[[str], None], only: tuple[str, ...] = (),
+                 update: bool = False) -> None:
+        self.out, self.device, self.log, self.only = out, device, log, only
         self.figures: dict[str, Any] = {"vit": [], "llama": [], "failures": []}
+        if update and out.exists():
+            kept = load_results(out).figures
+            self.figures.update({section: kept.get(section, []) for section in ("vit", "llama", "failures")})
 
     def save(self) -> None:
         save_results(NAME, self.figures, self.out, record_environment(self.device))
 
     def variant(self, section: str, row: dict[str, Any], run: Callable[[], dict[str, Any]]) -> None:
+        if self.only and row["variant"] != "dense" and not any(word in row["variant"] for word in self.only):
+            return
+        key = tuple(row.get(k) for k in ROW_KEY)
+        for kept in ("failures", section):
+            self.figures[kept] = [r for r in self.figures[kept] if tuple(r.get(k) for k in ROW_KEY) != key]
         start = time.time()
         try:
             row.update(run())
@@ -213,6 +225,19 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
 
     record("ours int8 2:4", lambda: int8_24(False), compiled=False)
     record("ours int8 2:4 tuned", lambda: int8_24(True), compiled=False)
+
+    def fp8_24(compiled: bool, tuned: bool) -> dict[str, Any]:
+        model = copy.deepcopy(base)
+        sparsify_(model, Fp8Config(prune=False), lambda m, fqn: fqn != "head")
+        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["fp8"])}
+        if tuned:
+            out["modes"] = _tuned_modes(model, x, compiled)
+        run = _compile(model) if compiled else model
+        return out | {"ms": _timed(run, x)}
+
+    for compiled in (False, True):
+        record("ours fp8 2:4", lambda c=compiled: fp8_24(c, False), compiled=compiled)
+        record("ours fp8 2:4 tuned", lambda c=compiled: fp8_24(c, True), compiled=compiled)
     for sparsity in (0.9, 0.5):
         pruned = block_prune_mlps(base, ("fc1", "fc2"), sparsity)
         with torch.no_grad():
@@ -332,12 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated: bfloat16, float16")
     parser.add_argument("--llama-layers", type=int, default=4, help="decoder layers of the Llama-shaped model")
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
+    parser.add_argument("--variants", default="", help="comma-separated words: run only variants named with one")
+    parser.add_argument("--update", action="store_true", help="keep the results file's rows not measured again")
     args = parser.parse_args(argv)
     device = resolve_device("cuda", f"{NAME}.json")
     if device is None:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
-    recorder = Recorder(args.out, device, lambda line: print(line, flush=True))
+    only = tuple(word for word in args.variants.split(",") if word)
+    recorder = Recorder(args.out, device, lambda line: print(line, flush=True), only, args.update)
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
         if "vit" in args.models:

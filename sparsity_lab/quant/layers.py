@@ -215,24 +215,20 @@ def resolve_backend(name: str, device: torch.device) -> SparseInt8Backend:
 # ------------------------------------------------------------------------------------------------ layers
 
 
-class Int8Linear(nn.Module):
-    """Linear layer with a per-channel int8 weight and per-token dynamic int8 activations (inference only).
+class QuantizedLinear(nn.Module):
+    """What every quantized linear layer shares (int8 here, FP8 in `sparsity_lab.quant.fp8`): a quantized weight
+    ``weight_q`` with per-channel ``weight_scale`` and a ``bias`` as buffers, a `mode` that `tune_` may set to
+    "dense", and one custom op (`sparsity_lab.quant.ops`) that ``torch.compile`` traces instead of the kernels.
+    A subclass sets `TUNE_MODES` ("dense" and its quantized mode, the default), builds the buffers and gives
+    `dequantized_weight` and `quantized_forward`."""
 
-    `fused=True` quantizes the activations and rescales the int32 product with the Triton kernels of
-    `sparsity_lab.quant.kernels` (one pass over memory each) instead of eager PyTorch ops; the default (None)
-    does so on CUDA inputs where Triton is installed (`int8.use_fused`).
-    """
+    TUNE_MODES: tuple[str, str] = ("dense", "quantized")  # what `sparsity_lab.dispatch.tune_` chooses among
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
-                 fused: bool | None = None) -> None:
+    def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.backend, self.fused = in_features, out_features, backend, fused
-        self._mode = "int8"
+        self.in_features, self.out_features = in_features, out_features
+        self._mode = self.TUNE_MODES[1]
         self._dense_cache: tuple | None = None
-        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        ops.register(self)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
         """After ``.to()`` / ``.cuda()``: the buffers moved, so the compiled path's op must find them anew."""
@@ -243,6 +239,69 @@ class Int8Linear(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         ops.register(self)  # a copy has buffers of its own
+
+    @property
+    def mode(self) -> str:
+        """The quantized product (``TUNE_MODES[1]``, default) or "dense" (``F.linear`` with the dequantized weight,
+        in the input's dtype: where the quantized path is slower in a model, `tune_` sets this)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in self.TUNE_MODES:
+            raise ValueError(f"mode must be one of {self.TUNE_MODES}, got {value!r}")
+        self._mode = value
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight the quantized matmul really uses: q_w * s_w."""
+        raise NotImplementedError
+
+    def quantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize x, the low-precision matmul, rescale to x's dtype."""
+        raise NotImplementedError
+
+    def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x Wᵀ + b with the dequantized weight and the bias in x's dtype (cached until they change): mode "dense"."""
+        tag = (x.dtype, self.weight_q.device, self.weight_q.data_ptr(), self.weight_q._version,
+               self.weight_scale._version, None if self.bias is None else self.bias._version)
+        if self._dense_cache is None or self._dense_cache[0] != tag:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            self._dense_cache = (tag, self.dequantized_weight().to(x.dtype), bias)
+        return torch.nn.functional.linear(x, self._dense_cache[1], self._dense_cache[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # one opaque op: no graph break at the Triton and matmul kernels
+            return torch.ops.sparsity_lab.quantized_linear(x, self.weight_q, self.weight_scale, self.bias)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward in eager mode (also what the compiled path's custom op runs): `quantized_forward`, or the
+        dense product in mode "dense"."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
+        if self._mode == "dense":
+            return self.dense_forward(x)
+        return self.quantized_forward(x)
+
+
+class Int8Linear(QuantizedLinear):
+    """Linear layer with a per-channel int8 weight and per-token dynamic int8 activations (inference only).
+
+    `fused=True` quantizes the activations and rescales the int32 product with the Triton kernels of
+    `sparsity_lab.quant.kernels` (one pass over memory each) instead of eager PyTorch ops; the default (None)
+    does so on CUDA inputs where Triton is installed (`int8.use_fused`).
+    """
+
+    TUNE_MODES = ("dense", "int8")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
+                 fused: bool | None = None) -> None:
+        super().__init__(in_features, out_features)
+        self.backend, self.fused = backend, fused
+        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        ops.register(self)
 
     def load_float_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Quantize a float weight (out, in) per output channel into this layer's buffers."""
@@ -261,46 +320,11 @@ class Int8Linear(nn.Module):
         layer.load_float_weight(linear.weight.detach().float(), linear.bias)
         return layer.to(linear.weight.device)
 
-    TUNE_MODES = ("dense", "int8")  # what `sparsity_lab.dispatch.tune_` chooses among
-
-    @property
-    def mode(self) -> str:
-        """"int8" (the integer matmul, default) or "dense" (``F.linear`` with the dequantized weight, in the input's
-        dtype: where the int8 path is slower in a model, `tune_` sets this)."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in self.TUNE_MODES:
-            raise ValueError(f"mode must be one of {self.TUNE_MODES}, got {value!r}")
-        self._mode = value
-
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the integer matmul really uses: q_w * s_w."""
         return dequantize(self.weight_q, self.weight_scale)
 
-    def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x Wᵀ + b with the dequantized weight in x's dtype (cached until the weight changes): mode "dense"."""
-        tag = (x.dtype, self.weight_q.device, self.weight_q.data_ptr(), self.weight_q._version,
-               self.weight_scale._version)
-        if self._dense_cache is None or self._dense_cache[0] != tag:
-            self._dense_cache = (tag, self.dequantized_weight().to(x.dtype))
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, self._dense_cache[1], bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # one opaque op: no graph break at the Triton and integer kernels
-            return torch.ops.sparsity_lab.int8_linear(x, self.weight_q, self.weight_scale, self.bias)
-        return self.eager_forward(x)
-
-    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward in eager mode (also what the compiled path's custom op runs): `int8_forward`, or the dense
-        product in mode "dense"."""
-        if self._mode == "dense":
-            return self.dense_forward(x)
-        return self.int8_forward(x)
-
-    def int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize x per token, the integer matmul, rescale to x's dtype."""
         return int8_linear(x, self.weight_q, self.weight_scale, self.bias, backend=self.backend, fused=self.fused)
 
@@ -339,12 +363,7 @@ class Int8Semi24Linear(Int8Linear):
             self._packed = (key, backend.compress(self.weight_q))
         return self._packed[1]
 
-    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x has {x.shape[-1]} features but the layer expects {self.in_features}")
-        return super().eager_forward(x)
-
-    def int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.backend, x.device)
         flat = x.reshape(-1, self.in_features)
         kernels = fused_kernels() if use_fused(self.fused, x) else None

@@ -30,6 +30,11 @@ measurements are in docs/performance/semi24.md.
 
 int8: int8 x int8 with int32 accumulation, written as int32, int8 or float16/bfloat16 with a per-tensor scale
 ``alpha`` (y = alpha · x Wᵀ), for quantized weights and activations.
+
+FP8 (Hopper and later): float8_e4m3fn or float8_e5m2 operands with float32 accumulation, written as bfloat16,
+float16 or float32. The scales of FP8 layers are applied after the matmul (`sparsity_lab.quant.fp8`): cuSPARSELt
+0.8 refuses its per-channel alpha vector (``CUSPARSELT_MATMUL_ALPHA_VECTOR_SCALING``) for FP8 on an H200
+(NOT_SUPPORTED), and a per-token scale indexes D's columns, which that vector could not scale anyway.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ if TYPE_CHECKING:
 
 # -------------------------------------------------------------------------------------------------- constants
 # cudaDataType_t (library_types.h)
-CUDA_DTYPES = {torch.float16: 2, torch.bfloat16: 14, torch.int8: 3, torch.int32: 10, torch.float32: 0}
+CUDA_DTYPES = {torch.float16: 2, torch.bfloat16: 14, torch.int8: 3, torch.int32: 10, torch.float32: 0,
+               torch.float8_e4m3fn: 28, torch.float8_e5m2: 29}
 ORDER_COL, ORDER_ROW = 1, 2  # cusparseOrder_t
 OP_N, OP_T = 0, 1  # cusparseOperation_t
 SPARSITY_50 = 0  # cusparseLtSparsity_t
@@ -67,8 +73,10 @@ STATUS_NAMES = {
     5: "MAPPING_ERROR", 6: "EXECUTION_FAILED", 7: "INTERNAL_ERROR", 8: "MATRIX_TYPE_NOT_SUPPORTED",
     9: "ZERO_PIVOT", 10: "NOT_SUPPORTED", 11: "INSUFFICIENT_RESOURCES",
 }
-INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.int8)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.int8, *FP8_DTYPES)
 INT8_OUT_DTYPES = (torch.int32, torch.int8, torch.float16, torch.bfloat16)
+FP8_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 class CusparseLtError(RuntimeError):
@@ -184,10 +192,12 @@ def version() -> tuple[int, int, int]:
 
 
 def compute_type(dtype: torch.dtype, lib_version: tuple[int, int, int]) -> int:
-    """cusparseComputeType for an input dtype: 32-bit float accumulation for 16-bit floats, 32-bit integer
-    for int8 (the enum was renumbered in 0.6: COMPUTE_16F, 32I, TF32 before; 32I, 16F, 32F since)."""
+    """cusparseComputeType for an input dtype: 32-bit float accumulation for 16-bit floats and FP8, 32-bit
+    integer for int8 (the enum was renumbered in 0.6: COMPUTE_16F, 32I, TF32 before; 32I, 16F, 32F since)."""
     if dtype not in INPUT_DTYPES:
-        raise TypeError(f"cuSPARSELt inputs must be float16, bfloat16 or int8, got {dtype}")
+        raise TypeError(f"cuSPARSELt inputs must be one of {INPUT_DTYPES}, got {dtype}")
+    if dtype in FP8_DTYPES and lib_version < (0, 6, 0):
+        raise CusparseLtError(f"FP8 needs cuSPARSELt 0.6 or later, found {lib_version}")
     if lib_version >= (0, 6, 0):
         return 0 if dtype == torch.int8 else 2
     if dtype == torch.int8:
@@ -283,11 +293,11 @@ def check_linear_shapes(x_shape: tuple[int, ...], weight_shape: tuple[int, int],
     n, k = weight_shape
     if len(x_shape) != 2 or x_shape[1] != k:
         raise ValueError(f"x must be (M, {k}) for a weight of shape {tuple(weight_shape)}, got {tuple(x_shape)}")
-    multiple = 32 if dtype == torch.int8 else 16
+    multiple = 32 if dtype.itemsize == 1 else 16  # 8-bit types (int8, FP8): 32
     for name, size in (("in_features K", k), ("out_features N", n)):
         if size % multiple:
             raise ValueError(f"{name} = {size}; cuSPARSELt needs a multiple of {multiple} for {dtype}")
-    tokens = 16 if dtype == torch.int8 else 8  # cuSPARSELt's dense-operand rule (int8 measured: 24 is refused)
+    tokens = 16 if dtype.itemsize == 1 else 8  # cuSPARSELt's dense-operand rule (int8 measured: 24 is refused)
     if x_shape[0] % tokens:
         raise ValueError(f"tokens M = {x_shape[0]}; cuSPARSELt needs a multiple of {tokens} for {dtype} "
                          "(pad the batch)")
@@ -636,7 +646,8 @@ class Semi24Weight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                alpha: float = 1.0) -> torch.Tensor:
         """y = alpha · x Wᵀ (+ bias) for x (M, K) on the weight's device: one cusparseLtMatmul launch once the
-        plan for M exists. int8 weights take int8 x and write int32 (default), int8, float16 or bfloat16.
+        plan for M exists. int8 weights take int8 x and write int32 (default), int8, float16 or bfloat16; FP8
+        weights take x of their dtype and write bfloat16 (default), float16 or float32.
         y is a transposed (column-major) view, as PyTorch's own 2:4 linear returns.
 
         The first call with a given signature (shape, strides, dtypes, device, bias) checks everything and builds
@@ -664,10 +675,14 @@ class Semi24Weight:
         if x.device != self.compressed.device:
             raise ValueError(f"x is on {x.device} but the weight is on {self.compressed.device}")
         if out_dtype is None:
-            out_dtype = torch.int32 if self.dtype == torch.int8 else self.dtype
+            out_dtype = {torch.int8: torch.int32, **dict.fromkeys(FP8_DTYPES, torch.bfloat16)}.get(self.dtype,
+                                                                                                   self.dtype)
         if self.dtype == torch.int8:
             if out_dtype not in INT8_OUT_DTYPES:
                 raise TypeError(f"int8 matmuls write one of {INT8_OUT_DTYPES}, got out_dtype={out_dtype}")
+        elif self.dtype in FP8_DTYPES:
+            if out_dtype not in FP8_OUT_DTYPES:
+                raise TypeError(f"FP8 matmuls write one of {FP8_OUT_DTYPES}, got out_dtype={out_dtype}")
         elif out_dtype != self.dtype:
             raise TypeError(f"{self.dtype} matmuls write {self.dtype}, got out_dtype={out_dtype}")
         check_linear_shapes(tuple(x.shape), self.shape, self.dtype)

@@ -17,6 +17,12 @@ forwards the step accumulates); ``mask="fixed"`` keeps the one it was
 given (or computed once). Masks depend only on the weights, so data-parallel replicas (DDP), whose weights stay
 equal, compute equal masks.
 
+Under FSDP2 (``fully_shard``) the weight is a sharded DTensor between forwards and FSDP's all-gathered tensor
+during them: the mask and the 2:4 operands are built in the forward from that gathered, full weight. FSDP copies
+each all-gather into the same gathered tensor with its version counter held still, so the layer watches FSDP swap
+its weight (``__setattr__``) and judges a gathered weight by the version of the shard it came from, which the
+optimizer's step moves.
+
 Backends: ``"dense"`` multiplies by the masked dense weight (any device: the CPU reference); ``"cusparselt"``
 runs the forward and the input gradient through our cuSPARSELt binding (`sparsity_lab.semi24.cusparselt`) with W_s and
 W_sᵀ compressed again after each optimizer step (in place, so cached plans stay valid); with a fixed
@@ -25,6 +31,7 @@ transposable mask, written from W by a gather into cuSPARSELt's buffers instead 
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -198,7 +205,8 @@ class Semi24TrainingFunction(torch.autograd.Function):
         ctx.save_for_backward(x2, weight, mask.clone() if srste_decay else None)
         ctx.backend, ctx.srste_decay, ctx.has_bias, ctx.shape = backend, srste_decay, bias is not None, shape
         ctx.pair, ctx.loads = backend.pair, backend.loads
-        return y.reshape(*shape[:-1], y.shape[-1])
+        # not a view of y: FSDP2 warns on view outputs (an in-place op on one would drop its pre-backward hook)
+        return torch.ops.aten._unsafe_view(y, (*shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -229,6 +237,12 @@ def sparse24_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 # -------------------------------------------------------------------------------------------------- layer
+def _is_dtensor(value: object) -> bool:
+    """Whether `value` is a DTensor (FSDP2's sharded parameter), without importing torch.distributed.tensor."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
+
+
 class Semi24TrainingLinear(nn.Module):
     """A linear layer trained with a 2:4 weight: dense master weight, 2:4 mask (a buffer), 2:4 products.
 
@@ -242,6 +256,8 @@ class Semi24TrainingLinear(nn.Module):
                  transpose: str = "transposable", srste_decay: float = 0.0, backend: str = "auto",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self._shard: tuple | None = None  # under FSDP2: (sharded weight, the gathered weight FSDP made from it)
+        self._shards_seen = 0  # how many sharded weights were swapped in: a new one is never judged by an old key
         if mask not in MASK_MODES:
             raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
         if transpose not in TRANSPOSE_MODES:
@@ -263,8 +279,8 @@ class Semi24TrainingLinear(nn.Module):
         self.register_buffer("mask", sparse24_mask(self.weight, transpose))
         self._backend: DenseBackend | CusparseltBackend | None = None
         self._backend_key: tuple | None = None
-        self._loaded_version: tuple | None = None  # (weight version, weight address, mask version) loaded
-        self._mask_of: tuple | None = None  # the (weight version, weight address) the mask was computed from
+        self._loaded_version: tuple | None = None  # (*weight key, mask version) loaded (`_weight_key`)
+        self._mask_of: tuple | None = None  # the weight key the mask was computed from
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> Semi24TrainingLinear:
@@ -290,7 +306,32 @@ class Semi24TrainingLinear(nn.Module):
         Call it, too, after writing the weight through ``.data``, which autograd's version counter does not see."""
         self._load(recompute_mask=True)
 
-    def _weight_key(self) -> tuple[int, int]:
+    def __setattr__(self, name: str, value: object) -> None:
+        # FSDP2 swaps parameters through setattr on modules that define their own __setattr__ (else by writing
+        # _parameters), so this sees every swap between the sharded weight and the gathered one
+        super().__setattr__(name, value)
+        if name == "weight":
+            self._note_weight(value)
+
+    def _note_weight(self, weight: object) -> None:
+        """Track FSDP2's swaps: a DTensor is a shard; the first plain weight after it is the one FSDP gathers
+        from it (the same tensor at every all-gather); any other plain weight is the caller's own."""
+        shard = self._shard
+        if _is_dtensor(weight):
+            if shard is None or weight is not shard[0]:
+                self._shards_seen += 1
+                self._shard = (weight, None)
+        elif shard is not None and shard[1] is None:
+            self._shard = (shard[0], weight)
+        elif shard is not None and weight is not shard[1]:
+            self._shard = None
+
+    def _weight_key(self) -> tuple[int, ...]:
+        """What says the weight changed: its version and address; for FSDP2's gathered weight, whose version
+        FSDP holds still across all-gathers, the version of the shard it was gathered from."""
+        shard = self._shard
+        if shard is not None and self.weight is shard[1]:
+            return (-1, self._shards_seen, shard[0]._version)
         return (self.weight._version, self.weight.data_ptr())
 
     def backend(self) -> DenseBackend | CusparseltBackend:
