@@ -107,24 +107,13 @@ class Fp8Linear(QuantizedLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "e4m3",  # noqa: A002
                  backend: str = "auto", fused: bool | None = None) -> None:
-        super().__init__(in_features, out_features)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.format, self.backend, self.fused = format, backend, fused
-        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=fp8_dtype(format)))
-        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        ops.register(self)
+        super().__init__(in_features, out_features, bias, fp8_dtype(format))
 
-    def load_float_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Quantize a float weight (out, in) per output channel into this layer's buffers."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"weight must be ({self.out_features}, {self.in_features}), got {tuple(weight.shape)}")
-        q, scale = quantize_rows_fp8(weight.detach(), self.weight_q.dtype)
-        self.weight_q.copy_(q)
-        self.weight_scale.copy_(scale)
-        if self.bias is not None and bias is not None:
-            self.bias.copy_(bias.detach())
+    def quantize_weight(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_rows_fp8(weight, self.weight_q.dtype)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: str = "e4m3", backend: str = "auto",  # noqa: A002

@@ -224,11 +224,29 @@ class QuantizedLinear(nn.Module):
 
     TUNE_MODES: tuple[str, str] = ("dense", "quantized")  # what `sparsity_lab.dispatch.tune_` chooses among
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, weight_dtype: torch.dtype) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self._mode = self.TUNE_MODES[1]
         self._dense_cache: tuple | None = None
+        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=weight_dtype))
+        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        ops.register(self)
+
+    def quantize_weight(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, per-channel scale) of a float weight (out, in) in this layer's format."""
+        raise NotImplementedError
+
+    def load_float_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Quantize a float weight (out, in) per output channel into this layer's buffers."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight must be ({self.out_features}, {self.in_features}), got {tuple(weight.shape)}")
+        q, scale = self.quantize_weight(weight.detach())
+        self.weight_q.copy_(q)
+        self.weight_scale.copy_(scale)
+        if self.bias is not None and bias is not None:
+            self.bias.copy_(bias.detach())
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
         """After ``.to()`` / ``.cuda()``: the buffers moved, so the compiled path's op must find them anew."""
@@ -296,22 +314,11 @@ class Int8Linear(QuantizedLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto",
                  fused: bool | None = None) -> None:
-        super().__init__(in_features, out_features)
         self.backend, self.fused = backend, fused
-        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        ops.register(self)
+        super().__init__(in_features, out_features, bias, torch.int8)
 
-    def load_float_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Quantize a float weight (out, in) per output channel into this layer's buffers."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"weight must be ({self.out_features}, {self.in_features}), got {tuple(weight.shape)}")
-        q, scale = quantize_per_channel(weight.detach())
-        self.weight_q.copy_(q)
-        self.weight_scale.copy_(scale)
-        if self.bias is not None and bias is not None:
-            self.bias.copy_(bias.detach())
+    def quantize_weight(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_per_channel(weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, backend: str = "auto", fused: bool | None = None) -> Int8Linear:
