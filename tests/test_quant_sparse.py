@@ -132,6 +132,45 @@ def test_weight_bytes_shrink_fourfold_less_metadata():
     sizes = qs.weight_bytes_per_entry()
     assert sizes["fp16"] / sizes["int8 2:4"] == 3.2
     assert sizes["int8 2:4"] < sizes["int8"] < sizes["fp16"]
+    assert sizes["fp8"] == sizes["int8"] == 1.0 and sizes["fp8 2:4"] == sizes["int8 2:4"] == 10 / 16
+
+
+def test_fp8_runs_at_the_int8_rate_and_2_4_doubles_every_rate():
+    rates = qs.tensor_core_rate()
+    assert set(rates) == set(qs.weight_bytes_per_entry())
+    assert rates["fp16"] == 1.0 and rates["fp8"] == rates["int8"] == 2.0
+    for name in ("fp16", "int8", "fp8"):
+        assert rates[f"{name} 2:4"] == 2 * rates[name]
+
+
+def test_method_model_quantizes_a_copy_and_keeps_the_2_4_zeros():
+    from sparsity_lab.quant.fp8 import Fp8Linear, Fp8Semi24Linear
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    pruned = copy.deepcopy(dense)
+    sparsify_(pruned, PruneConfig(pattern="2:4"))
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    assert qs.method_model("dense", dense, pruned) is dense and qs.method_model("2:4", dense, pruned) is pruned
+    kinds = {"int8": qs.Int8Linear, "int8 + 2:4": qs.Int8Semi24Linear, "fp8": Fp8Linear, "fp8 + 2:4": Fp8Semi24Linear,
+             "fp8 e5m2": Fp8Linear}
+    x = torch.randn(5, 16)
+    for method, kind in kinds.items():
+        model = qs.method_model(method, dense, pruned)
+        assert type(model[0]) is kind and type(model[2]) is kind, method
+        source = pruned if "2:4" in method else dense
+        if "2:4" in method:  # quantized without pruning again: exactly the pruned model's zeros
+            qs.check_2of4(model[0].weight_q.float())
+            assert torch.equal(model[0].dequantized_weight() == 0, source[0].weight.detach() == 0), method
+        with torch.no_grad():
+            assert float((model(x) - source(x)).norm() / source(x).norm()) < 0.1, method
+    assert qs.method_model("fp8", dense, pruned)[0].format == "e4m3"
+    assert qs.method_model("fp8 e5m2", dense, pruned)[0].weight_q.dtype == torch.float8_e5m2
+    only_first = qs.method_model("fp8", dense, pruned, filter_fn=lambda m, fqn: fqn == "0")
+    assert isinstance(only_first[0], Fp8Linear) and type(only_first[2]) is nn.Linear
+    assert type(dense[0]) is nn.Linear and all(torch.equal(v, dense.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="fp8 \\+ 2:4"):
+        qs.method_model("fp4", dense, pruned)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +186,9 @@ def test_accuracy_table_has_every_method_and_sane_numbers(table):
         assert all(0.0 <= r[column] <= 1.0 for r in table)
         assert abs(acc["int8"][column] - acc["dense"][column]) <= 0.03, "int8 dynamic quantization costs little"
         assert abs(acc["int8 + 2:4"][column] - acc["2:4"][column]) <= 0.03
+        assert abs(acc["fp8"][column] - acc["dense"][column]) <= 0.03, "FP8 e4m3 costs little"
+        assert abs(acc["fp8 + 2:4"][column] - acc["2:4"][column]) <= 0.03
+        assert abs(acc["fp8 e5m2"][column] - acc["dense"][column]) <= 0.05
     assert acc["2:4"]["finetuned"] >= acc["2:4"]["one_shot"] - 0.01, "fine-tuning with masks should not hurt"
 
 
@@ -264,7 +306,7 @@ def test_plots_carry_their_data():
     from sparsity_lab.quant import plots
 
     fig = plots.bytes_per_weight(qs.weight_bytes_per_entry())
-    assert list(fig.data[0].x) == ["fp16", "int8", "fp16 2:4", "int8 2:4"]
+    assert list(fig.data[0].x) == ["fp16", "int8", "fp8", "fp16 2:4", "int8 2:4", "fp8 2:4"]
     rows = [{"method": "dense", "one_shot": 0.97, "finetuned": 0.98}, {"method": "2:4", "one_shot": 0.9,
                                                                       "finetuned": 0.96}]
     one_shot, tuned = plots.accuracy_table(rows).data
@@ -281,6 +323,117 @@ def test_plots_carry_their_data():
     assert [t.name for t in plots.speed_bars(speed).data] == ["fp16_dense_linear"]
     grid = plots.int8_grid(torch.tensor([1.0, -0.5, 0.25, 0.0]))
     assert list(grid.data[1].y) == pytest.approx([1.0, -64 / 127, 32 / 127, 0.0])
+
+
+def test_fp8_speed_bars_are_built_from_the_recorded_file():
+    from sparsity_lab.quant import plots
+
+    recorded = load_results("fp8_gpu")
+    rows = recorded.figures["rows"]
+    fig = plots.fp8_speed_bars(rows, label=recorded.label)
+    assert recorded.label in fig.layout.title.text
+    by_panel = {(t.xaxis, t.legendgroup): t for t in fig.data}
+    assert set(by_panel) == {(axis, key) for axis in ("x", "x2") for key in plots.FP8_SPEED_NAMES}
+    for (axis, key), trace in by_panel.items():
+        mode = "ms" if axis == "x" else "compiled_ms"
+        assert list(trace.y) == [r[mode][key] for r in rows]
+        assert list(trace.x) == [f"{r['M']}x{r['K']}x{r['N']}" for r in rows]
+        assert list(trace.text) == [f"{r[mode]['bf16 dense'] / r[mode][key]:.2f}x" for r in rows]
+        assert trace.showlegend == (axis == "x") and trace.name == plots.FP8_SPEED_NAMES[key]
+    eager_8192 = by_panel["x", "ours fp8 2:4"].text[0]
+    assert eager_8192 == f"{rows[0]['speedup']['ours fp8 2:4 over bf16 dense']:.2f}x"
+    without_torchao = [{**r, "ms": {k: v for k, v in r["ms"].items() if "torchao" not in k}} for r in rows]
+    traces = {(t.xaxis, t.legendgroup): t for t in plots.fp8_speed_bars(without_torchao).data}
+    assert ("x", "torchao fp8 2:4") not in traces and traces["x2", "torchao fp8 2:4"].showlegend
+
+
+def test_value_grids_scale_each_format_to_the_channel():
+    from sparsity_lab.quant import plots
+    from sparsity_lab.quant.number_formats import grid_values
+
+    row = torch.tensor([0.5, -0.01, 0.2, 0.0, -0.001])
+    fig = plots.value_grids(row)
+    traces = {t.name: t for t in fig.data}
+    assert list(traces) == ["int8", "e4m3", "e5m2", "|w| of the channel"]
+    assert sorted(traces["|w| of the channel"].x) == pytest.approx([0.001, 0.01, 0.2, 0.5])
+    int8 = list(traces["int8"].x)
+    assert max(int8) == pytest.approx(0.5) and int8[0] == pytest.approx(0.5 / 127)  # all 127 levels above 0.0005
+    e4m3 = grid_values("e4m3")
+    expected = [v * 0.5 / 448 for v in e4m3.tolist() if v > 0 and v * 0.5 / 448 >= 0.0005]
+    assert list(traces["e4m3"].x) == pytest.approx(expected)
+    assert fig.layout.xaxis.type == "log"
+    with pytest.raises(ValueError, match="all zeros"):
+        plots.value_grids(torch.zeros(4))
+
+
+def test_the_fp8_benchmark_parses_the_lectures_options_and_needs_fp8_tensor_cores():
+    from sparsity_lab.quant import fp8_bench
+
+    args = fp8_bench.build_parser().parse_args(["--warmup-ms", "10", "--rep-ms", "50"])
+    assert (args.warmup_ms, args.rep_ms, args.no_compile) == (10.0, 50.0, False)
+    if not torch.cuda.is_available():
+        assert not fp8_bench.gpu_available()
+
+
+# --------------------------------------------------------------------------- number formats
+
+
+def test_grids_hold_every_value_of_each_format():
+    from sparsity_lab.quant import number_formats as nf
+
+    int8, e4m3, e5m2 = (nf.grid_values(n) for n in nf.NAMES)
+    assert len(int8) == 255 and int8.min() == -127 and torch.all(int8.diff() == 1)
+    assert len(e4m3) == 253 and float(e4m3.max()) == 448 and float(e4m3[e4m3 > 0].min()) == 2.0**-9  # 2 NaNs, -0
+    assert len(e5m2) == 247 and float(e5m2.max()) == 57344 and float(e5m2[e5m2 > 0].min()) == 2.0**-16  # ±inf too
+    assert torch.all(e4m3.diff() > 0) and torch.equal(e4m3, -e4m3.flip(0))
+    assert torch.equal(e4m3.to(torch.float8_e4m3fn).double(), e4m3)  # every value is exactly representable
+    with pytest.raises(ValueError, match="int8"):
+        nf.grid_values("e3m4")
+
+
+def test_format_rows_read_bits_ranges_and_relative_steps():
+    from sparsity_lab.quant import number_formats as nf
+
+    rows = {r["format"]: r for r in nf.format_rows()}
+    assert rows["e4m3"]["bits"] == "1 / 4 / 3" and rows["e5m2"]["bits"] == "1 / 5 / 2"
+    assert rows["e4m3"]["smallest_normal"] == 2.0**-6 and rows["e5m2"]["smallest_normal"] == 2.0**-14
+    assert rows["int8"]["smallest_normal"] is None and rows["int8"]["largest"] == 127
+    assert rows["int8"]["step_at_max_over_1"] == pytest.approx(1 / 127)
+    assert rows["int8"]["step_at_max_over_256"] > 1, "an even grid's step outgrows small values"
+    for name, step in (("e4m3", 32 / 448), ("e5m2", 8192 / 57344)):  # the gap below the largest value
+        assert [rows[name][f"step_at_max_over_{d}"] for d in nf.BELOW_LARGEST] == pytest.approx([step] * 3)
+    values = nf.grid_values("e4m3")
+    assert nf.relative_step(values, 1.0) == pytest.approx(0.0625) and nf.relative_step(values, 1.01) == 0.125 / 1.01
+    with pytest.raises(ValueError, match="at must be"):
+        nf.relative_step(values, 500.0)
+
+
+def test_quantize_rows_rounds_within_half_a_step_of_each_grid():
+    from sparsity_lab.quant import number_formats as nf
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 64) * torch.logspace(-3, 0, 6)[:, None]
+    for name, bound in (("e4m3", 2.0**-4), ("e5m2", 2.0**-3)):
+        back = nf.quantize_rows(x, name)
+        relative = ((back - x).abs() / x.abs())[x.abs() >= x.abs().amax(1, keepdim=True) * 2.0**-5]
+        assert float(relative.max()) <= bound, name
+    int8 = nf.quantize_rows(x, "int8")
+    assert float(((int8 - x).abs() / (x.abs().amax(1, keepdim=True) / 127)).max()) <= 0.5 + 1e-6
+
+
+def test_layer_errors_grow_with_fewer_mantissa_bits_and_the_fp8_product_is_exact():
+    from sparsity_lab.quant import number_formats as nf
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(32, 64), torch.randn(24, 64), torch.randn(24)
+    rows = {r["format"]: r for r in nf.layer_errors(x, weight, bias)}
+    assert list(rows) == list(nf.NAMES)
+    for key in ("weight", "activations", "output"):
+        assert 0 < rows["int8"][key] < rows["e4m3"][key] < rows["e5m2"][key] < 0.1, key
+    assert rows["int8"]["reference_vs_dequantized"] is None
+    assert rows["e4m3"]["reference_vs_dequantized"] < 1e-14 and rows["e5m2"]["reference_vs_dequantized"] < 1e-14
+    unbiased = {r["format"]: r for r in nf.layer_errors(x, weight)}
+    assert unbiased["e4m3"]["weight"] == rows["e4m3"]["weight"]
 
 
 def test_channel_explorer_follows_the_slider():

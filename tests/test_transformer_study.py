@@ -285,6 +285,30 @@ def test_on_minilm_at_2_4_sparsegpt_and_wanda_beat_magnitude(minilm_small):
     assert 0 < found["magnitude"] < found["wanda"] < found["sparsegpt"] < 1, found
 
 
+@pytest.mark.slow
+def test_on_minilm_8_bits_cost_little_and_2_4_sets_the_damage(minilm_small):
+    from sparsity_lab.quant.layers import METHODS
+    from sparsity_lab.transformer.quantized import quantization_rows
+
+    model, data, _ = minilm_small
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = quantization_rows(model, data)
+    assert [r["method"] for r in rows] == list(METHODS) and all(r["seconds"] > 0 for r in rows)
+    found = {r["method"]: r for r in rows}
+    assert found["dense"]["spearman"] == pytest.approx(1.0) and found["dense"]["recall_at_10"] == 1.0
+    assert found["dense"]["module_accuracy"] == study.dense_row(model, data)["module_accuracy"]
+    assert found["2:4"]["spearman"] < 0.9
+    for method in ("int8", "fp8", "fp8 e5m2"):
+        assert found["2:4"]["spearman"] < found[method]["spearman"] < 1, method
+    assert found["fp8 e5m2"]["spearman"] < found["fp8"]["spearman"], "e5m2 has one mantissa bit fewer"
+    assert found["int8"]["spearman"] > 0.99 and found["fp8"]["spearman"] > 0.99
+    for method in ("int8 + 2:4", "fp8 + 2:4"):
+        assert found[method]["spearman"] != found["2:4"]["spearman"], f"{method} must quantize the pruned model"
+        assert abs(found[method]["spearman"] - found["2:4"]["spearman"]) < 0.02, method
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the dense model is left alone"
+    assert quantization_rows(model, data, methods=("fp8",))[0] | {"seconds": 0} == found["fp8"] | {"seconds": 0}
+
+
 def test_the_recorded_study_is_complete_and_its_verdicts_follow_from_its_rows():
     recorded = load_results("minilm_study").figures
     assert {(r["method"], r["pattern"]) for r in recorded["rows"]} == {(m, p) for m in study.METHODS

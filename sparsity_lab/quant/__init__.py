@@ -1,1 +1,2 @@
-"""Sparsity and quantization (lecture 07): int8 dynamic quantization, its Triton kernels, int8 (2:4) layers."""
+"""Sparsity and quantization (lecture 07): int8 and FP8 dynamic quantization, their Triton kernels, int8 and FP8
+(2:4) layers."""

@@ -149,7 +149,22 @@ def add_speedups(row: dict[str, Any]) -> None:
                     round(times[other] / times["ours fp8 2:4"], 3))
 
 
-def main(argv: list[str] | None = None) -> int:
+def gpu_available() -> bool:
+    """Whether the GPU variants run here: a CUDA GPU with FP8 tensor cores (compute capability 8.9 or later) and
+    our cuSPARSELt binding loaded."""
+    from sparsity_lab.semi24 import cusparselt
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        return False
+    try:
+        cusparselt.load_library()
+    except cusparselt.CusparseLtError:
+        return False
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `sparsity-lab bench fp8` (lecture 07 reads its timing options with it too)."""
     parser = argparse.ArgumentParser(prog="sparsity-lab bench fp8", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--shapes", default=None, help="MxKxN,... (tokens x in x out)")
@@ -159,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-ms", type=float, default=25.0)
     parser.add_argument("--rep-ms", type=float, default=100.0)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timings")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     device = resolve_device(args.device, f"{NAME}.json")
     if device is None:
         return 1

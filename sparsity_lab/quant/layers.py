@@ -1,9 +1,10 @@
-"""int8 dynamic quantization combined with 2:4 sparsity: layers, a model swap, and the accuracy table.
+"""int8 dynamic quantization combined with 2:4 sparsity: layers, a model swap, and the accuracy table (int8 and FP8).
 
 2:4 halves the multiply-adds the tensor cores do and int8 halves the bytes of every operand; together a weight
 takes 10/16 of a byte per dense entry (cuSPARSELt's int8 packing) against 2 bytes in fp16, and sparse int8 tensor
-cores issue twice the int8 rate. `Int8Linear` is dense dynamic quantization (`sparsity_lab.quant.int8`);
-`Int8Semi24Linear` keeps a 2:4 int8 weight and multiplies through a sparse int8 backend.
+cores issue twice the int8 rate. FP8 (`sparsity_lab.quant.fp8`) has the same byte and rate arithmetic.
+`Int8Linear` is dense dynamic quantization (`sparsity_lab.quant.int8`); `Int8Semi24Linear` keeps a 2:4 int8 weight
+and multiplies through a sparse int8 backend.
 
 The seam: every 2:4 int8 matmul goes through a `SparseInt8Backend` from `SPARSE_INT8_BACKENDS`:
 
@@ -389,7 +390,7 @@ class Int8Semi24Linear(Int8Linear):
 # ------------------------------------------------------------------------------------------------ accuracy
 
 
-METHODS = ("dense", "2:4", "int8", "int8 + 2:4")
+METHODS = ("dense", "2:4", "int8", "int8 + 2:4", "fp8", "fp8 + 2:4", "fp8 e5m2")  # "fp8" is e4m3 (`method_config`)
 
 
 def _linear_with_groups_of_4(module: nn.Module, fqn: str) -> bool:
@@ -397,22 +398,60 @@ def _linear_with_groups_of_4(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Linear) and module.in_features % 4 == 0
 
 
+def method_config(method: str) -> tuple[bool, object | None]:
+    """(starts from the 2:4-pruned model, the `sparsify_` config or None) of one of `METHODS`: "fp8" is e4m3; FP8
+    runs the float64 reference, which the GPU kernels are checked against, so no FP8 hardware is needed; the
+    2:4 variants quantize the pruned weights without pruning again."""
+    from sparsity_lab.sparsify import Fp8Config, Int8Config
+
+    configs = {
+        "dense": (False, None),
+        "2:4": (True, None),
+        "int8": (False, Int8Config(sparse=False)),
+        "int8 + 2:4": (True, Int8Config(sparse=True, prune=False)),
+        "fp8": (False, Fp8Config(format="e4m3", sparse=False, backend="reference")),
+        "fp8 + 2:4": (True, Fp8Config(format="e4m3", sparse=True, backend="reference", prune=False)),
+        "fp8 e5m2": (False, Fp8Config(format="e5m2", sparse=False, backend="reference")),
+    }
+    if method not in configs:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return configs[method]
+
+
+def method_model(method: str, dense: nn.Module, pruned: nn.Module,
+                 filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """The model `method` names: `dense` or the 2:4-`pruned` model itself, or a quantized copy of one (the linears
+    `filter_fn` picks; the originals are left untouched)."""
+    from copy import deepcopy
+
+    from sparsity_lab.sparsify import sparsify_
+
+    on_pruned, config = method_config(method)
+    model = pruned if on_pruned else dense
+    if config is None:
+        return model
+    model = deepcopy(model)
+    sparsify_(model, config, filter_fn=filter_fn)
+    return model
+
+
 def accuracy_table(model: str = "mlp", seed: int = 0, epochs: int = 20, finetune_epochs: int = 5,
                    hidden: int = 128, progress: bool = False, base: nn.Module | None = None) -> list[dict[str, Any]]:
-    """Test accuracy of dense, 2:4, int8 and int8 + 2:4 digits models, one-shot and after fine-tuning.
+    """Test accuracy of every method of `METHODS` (dense, 2:4, int8 and FP8 e4m3 each alone and with 2:4, FP8 e5m2
+    alone) on digits models, one-shot and after fine-tuning.
 
     One model is trained (`epochs`), or `base` (a trained model of kind `model`, left untouched) is used;
-    "one_shot" applies 2:4 masks and/or int8 dynamic quantization to it directly.
+    "one_shot" applies 2:4 masks and/or int8 or FP8 dynamic quantization to it directly.
     "finetuned" trains `finetune_epochs` more: the dense model (a control, same extra epochs) and the 2:4-masked
-    model (masks held fixed); int8 is then applied post-training to each. For the CNN only its linear layers are
-    pruned and quantized (the convolutions stay float).
+    model (masks held fixed); int8 and FP8 are then applied post-training to each. For the CNN only its linear
+    layers are pruned and quantized (the convolutions stay float).
     """
     from copy import deepcopy
 
     from sparsity_lab.course.data import load_digits
     from sparsity_lab.course.models import DigitsCNN, DigitsMLP
     from sparsity_lab.course.train import evaluate, fit
-    from sparsity_lab.sparsify import Int8Config, PruneConfig, sparsify_
+    from sparsity_lab.sparsify import PruneConfig, sparsify_
 
     if model not in ("mlp", "cnn"):
         raise ValueError(f"model must be 'mlp' or 'cnn', got {model!r}")
@@ -423,33 +462,30 @@ def accuracy_table(model: str = "mlp", seed: int = 0, epochs: int = 20, finetune
         fit(base, data, epochs=epochs, seed=seed, progress=progress)
     base = deepcopy(base).eval()
 
-    def acc(m: nn.Module) -> float:
-        return evaluate(m, data.x_test, data.y_test)[1]
-
-    def int8(m: nn.Module, config: Int8Config) -> nn.Module:
-        m = deepcopy(m)
-        sparsify_(m, config)
-        return m
-
-    def four(dense_model: nn.Module, sparse_model: nn.Module) -> dict[str, float]:
-        return {
-            "dense": acc(dense_model),
-            "2:4": acc(sparse_model),
-            "int8": acc(int8(dense_model, Int8Config(sparse=False))),
-            "int8 + 2:4": acc(int8(sparse_model, Int8Config(sparse=True, prune=False))),
-        }
+    def every_method(dense_model: nn.Module, sparse_model: nn.Module) -> dict[str, float]:
+        return {name: evaluate(method_model(name, dense_model, sparse_model), data.x_test, data.y_test)[1]
+                for name in METHODS}
 
     pruned = deepcopy(base)
     sparsify_(pruned, PruneConfig(pattern="2:4"), filter_fn=_linear_with_groups_of_4)
-    one_shot = four(base, pruned)
+    one_shot = every_method(base, pruned)
     tuned = deepcopy(base)
     fit(tuned, data, epochs=finetune_epochs, seed=seed + 1, progress=progress)
     fit(pruned, data, epochs=finetune_epochs, seed=seed + 1, progress=progress)
-    finetuned = four(tuned, pruned)
+    finetuned = every_method(tuned, pruned)
     return [{"method": name, "one_shot": one_shot[name], "finetuned": finetuned[name]} for name in METHODS]
 
 
 def weight_bytes_per_entry() -> dict[str, float]:
-    """Bytes stored per dense weight entry: fp16 2, int8 1, and cuSPARSELt's 2:4 packing of each (kept values plus
-    metadata: torch allocates numel * 9/16 elements for 16-bit types and numel * 10/16 bytes for int8)."""
-    return {"fp16": 2.0, "int8": 1.0, "fp16 2:4": 2.0 * 9 / 16, "int8 2:4": 1.0 * 10 / 16}
+    """Bytes stored per dense weight entry: fp16 2, int8 and FP8 (e4m3 or e5m2) 1, and cuSPARSELt's 2:4 packing of
+    each: half the values plus 2 bits of metadata per kept value, i.e. numel * 9/16 elements for 16-bit types and
+    numel * 10/16 bytes for 8-bit ones (int8 and FP8 alike)."""
+    return {"fp16": 2.0, "int8": 1.0, "fp8": 1.0, "fp16 2:4": 2.0 * 9 / 16, "int8 2:4": 1.0 * 10 / 16,
+            "fp8 2:4": 1.0 * 10 / 16}
+
+
+def tensor_core_rate() -> dict[str, float]:
+    """Multiply-adds per second of Hopper's tensor cores relative to fp16 dense (H100 SXM datasheet: fp16 989
+    TFLOP/s, int8 1979 TOP/s, FP8 1979 TFLOP/s in either format, 2:4 sparse twice each): what each format can gain
+    at most, where a matmul is bound by its arithmetic."""
+    return {"fp16": 1.0, "int8": 2.0, "fp8": 2.0, "fp16 2:4": 2.0, "int8 2:4": 4.0, "fp8 2:4": 4.0}
