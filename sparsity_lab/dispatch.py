@@ -157,7 +157,7 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     compared), so clock drift cannot pick the winner. `compiled=True` times ``torch.compile`` of it instead
     (recompiled per trial), for a model that will be compiled: there Inductor fuses the transposes. `graphs=True`
     times each trial replayed from a CUDA graph, for a model that will run that way (decode steps, where eager
-    launch overhead would hide every difference)."""
+    launch overhead would hide every difference); only then is a "decode" mode (the decode kernels) a candidate."""
     from sparsity_lab.sparsify import LayerReport, Report
 
     layers = tunable_layers(model)
@@ -183,7 +183,7 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
         for round_ in range(rounds):
             for name, members in groups.items():
                 modes = [m for m in members[0].TUNE_MODES if m != "dense"
-                         and not (compiled and m == "sparse-rowmajor")]
+                         and not (compiled and m == "sparse-rowmajor") and not (m == "decode" and not graphs)]
                 chosen[name] = dispatcher.choose((name, round_), lambda members=members, modes=modes: {
                     mode: _trial(members, mode, target, args, kwargs, compiled, graphs)
                     for mode in ("dense", *modes)})

@@ -59,13 +59,14 @@ def _one_rank(tmp_path):
         dist.destroy_process_group()
 
 
-def test_under_fully_shard_operands_follow_the_shard_once_per_optimizer_step(tmp_path):
+@pytest.mark.parametrize("foreach", [False, True])  # True: the step writes the shards' local tensors (CUDA's default)
+def test_under_fully_shard_operands_follow_every_all_gather(tmp_path, foreach):
     torch.manual_seed(0)
     model = nn.Sequential(Semi24TrainingLinear(16, 32), nn.ReLU(), Semi24TrainingLinear(32, 8))
     layer = model[0]
     with _one_rank(tmp_path):
         wrap(model, "fsdp2", torch.device("cpu"))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, foreach=foreach)
         assert type(layer.weight).__name__ == "DTensor"  # sharded between forwards
         for step in range(3):
             for micro in range(2):  # gradient accumulation: FSDP all-gathers the weight for every forward
@@ -74,7 +75,7 @@ def test_under_fully_shard_operands_follow_the_shard_once_per_optimizer_step(tmp
                 out.pow(2).mean().backward()
             optimizer.step()
             optimizer.zero_grad()
-            assert layer.backend().loads == step + 1  # a new mask and operands per optimizer step, not per gather
+            assert layer.backend().loads == 2 * (step + 1)  # operands from each all-gather: one per forward
 
 
 def test_stale_layers_flags_a_weight_written_behind_the_layers_back():

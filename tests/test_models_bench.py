@@ -52,6 +52,17 @@ def test_speedups_compare_each_row_with_its_own_dense_rows() -> None:
     assert out[("ours", True, 1)]["over_dense_compiled"] == pytest.approx(1.6)
     assert out[("ours", False, 2)]["over_dense_eager"] is None  # no dense row at batch 2
     assert len(out) == 4  # the failed row has no time
+    rows[2]["dense_ms_adjacent"] = 12.0  # dense eager timed again right after the variant: that is its baseline
+    assert bench.speedups(rows)[2]["over_dense_eager"] == pytest.approx(2.4)
+
+
+def test_recorder_times_the_baseline_right_after_each_variant(tmp_path: Path) -> None:
+    times = iter([3.0, 4.0])
+    recorder = bench.Recorder(tmp_path / "models.json", torch.device("cpu"), lambda line: None)
+    for variant in ("dense", "ours", "other"):
+        recorder.variant("vit", {"variant": variant}, lambda: {"ms": 1.0}, baseline=lambda: next(times))
+    saved = json.loads((tmp_path / "models.json").read_text())["figures"]["vit"]
+    assert [r.get("dense_ms_adjacent") for r in saved] == [None, 3.0, 4.0]  # dense is its own baseline
 
 
 def test_recorder_keeps_a_failed_variant_and_saves_after_each(tmp_path: Path) -> None:

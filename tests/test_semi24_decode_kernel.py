@@ -18,7 +18,9 @@ TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 def _run_cases() -> dict[str, float]:
     """Relative error of each case against float64, in this (interpreted) process."""
     from sparsity_lab.semi24 import layout
-    from sparsity_lab.semi24.decode_kernel import decode_linear
+    from sparsity_lab.semi24.decode_kernel import DEFAULT, DecodeConfig, decode_linear
+
+    split = DecodeConfig(block_n=16, block_k=64, split_k=2, num_warps=4, num_stages=2)  # float32 atomics over K
 
     errors = {}
     for m, n, k, name, with_bias in CASES:
@@ -30,18 +32,20 @@ def _run_cases() -> dict[str, float]:
         values, meta = layout.compress(w, "simple")
         x = torch.randn(m, k, generator=gen).to(dtype)
         bias = torch.randn(n, generator=gen).to(dtype) if with_bias else None
-        y = decode_linear(x, values, meta, bias)
         reference = x.double() @ w.double().t() + (0 if bias is None else bias.double())
-        ok_layout = y.shape == (m, n) and y.is_contiguous() and y.dtype == dtype
-        errors[f"{m}x{n}x{k} {name}"] = float((y.double() - reference).norm() / reference.norm()) if ok_layout else 1.0
+        for config in (DEFAULT, split):
+            y = decode_linear(x, values, meta, bias, config)
+            ok_layout = y.shape == (m, n) and y.is_contiguous() and y.dtype == dtype
+            error = float((y.double() - reference).norm() / reference.norm()) if ok_layout else 1.0
+            errors[f"{m}x{n}x{k} {name} split {config.split_k}"] = error
     return errors
 
 
 def test_decode_kernel_in_triton_interpreter(interpreted) -> None:
     errors = interpreted(__file__)
-    assert len(errors) == len(CASES)
-    for (*_, name, _bias), (case, error) in zip(CASES, errors.items(), strict=True):
-        assert error < TOLERANCE[name], (case, error)
+    assert len(errors) == 2 * len(CASES)
+    for (*_, name, _bias), case in zip([c for c in CASES for _ in range(2)], errors, strict=True):
+        assert errors[case] < TOLERANCE[name], (case, errors[case])
 
 
 def test_decode_kernel_refuses_operands_that_do_not_fit() -> None:

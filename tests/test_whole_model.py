@@ -119,6 +119,9 @@ def test_mode_is_checked_and_survives_copies() -> None:
     x = torch.randn(8, 64)
     torch.testing.assert_close(clone(x), layer(x))
     assert "dense (pruned weight)" in layer.last_reason  # on the CPU every mode runs dense, and says why
+    layer.mode = "decode"
+    torch.testing.assert_close(layer(x), clone(x))
+    assert "dense (pruned weight)" in layer.last_reason
 
 
 def test_tune_keeps_a_group_sparse_only_where_the_model_got_faster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +169,25 @@ def test_tune_second_round_sees_later_choices(monkeypatch: pytest.MonkeyPatch) -
     assert (fc1.mode, fc2.mode) == ("sparse", "sparse") and "round 2" in report["blocks.0.fc1"].what
 
 
+def test_decode_modes_are_candidates_only_for_cuda_graph_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode kernels win only where no host work is timed: tune_ tries "decode" with graphs=True alone."""
+    _, model = _swapped(depth=1)
+    tried: list[tuple[str, bool]] = []
+
+    def fake_trial(members, mode, target, args, kwargs, compiled, graphs):  # noqa: ANN001, ANN202
+        tried.append((mode, graphs))
+        return lambda: None
+
+    monkeypatch.setattr(dispatch_module, "_trial", fake_trial)
+    monkeypatch.setattr(dispatch_module, "event_ms", lambda fn, *args, **kwargs: 1.0)
+    monkeypatch.setattr(dispatch_module, "loop_ms", lambda fn, *args, **kwargs: 1.0)
+    tune_(model, (torch.randn(1, 64),), rounds=1)
+    assert tried and all(mode != "decode" for mode, _ in tried)
+    tried.clear()
+    tune_(model, (torch.randn(1, 64),), rounds=1, graphs=True)
+    assert ("decode", True) in tried
+
+
 def test_int8_and_block_layers_have_modes_tune_can_set(monkeypatch: pytest.MonkeyPatch) -> None:
     """int8 2:4 and block-sparse layers take "dense" too, so a model tuned with them is never slower than dense."""
     from sparsity_lab import BlockSparseConfig, Int8Config
@@ -200,6 +222,11 @@ def test_int8_and_block_layers_have_modes_tune_can_set(monkeypatch: pytest.Monke
     report = tune_(model, (x,))
     assert (int8.mode, block.mode) == ("dense", "sparse") and block.backend == "auto"
     assert not report["0"].changed and report["2"].changed
+    hidden = torch.randn(16, 128)
+    expected = block(hidden)
+    block.mode = "decode"  # on the CPU the decode kernel does not fit: the layer falls back (dense here)
+    assert block.mode == "decode" and block.backend == "decode"
+    torch.testing.assert_close(block(hidden), expected)
 
 
 def test_tune_refuses_bad_input_and_changes_nothing() -> None:
@@ -235,6 +262,28 @@ def test_block_sparse_model_compiles_whole_through_the_bsr_op() -> None:
         for batch in (4, 7):
             x = torch.randn(batch, 5, 128)
             torch.testing.assert_close(compiled(x), dense(x), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_block_sparse_model_in_dense_mode_compiles_without_graph_breaks() -> None:
+    from sparsity_lab import BlockSparseConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 128))
+    with torch.no_grad():
+        model[0].weight[:64].zero_()  # one block-row empty
+    dense = copy.deepcopy(model)
+    sparsify_(model, BlockSparseConfig(64, max_density=1.0))
+    for layer in (model[0], model[2]):
+        layer.mode = "dense"  # what tune_ sets where the kernel loses
+    model = model.double()  # the dense weight follows a cast of the blocks
+    x = torch.randn(3, 128, dtype=torch.float64)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        assert "bsr_linear" not in explained.graphs[0].code
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), dense.double()(x))
     torch._dynamo.reset()
 
 

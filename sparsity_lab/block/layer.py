@@ -102,19 +102,22 @@ class BlockSparseLinear(nn.Module):
         """The fraction of block positions that are stored."""
         return self.weight_bsr.density
 
-    TUNE_MODES = ("dense", "sparse")  # what `sparsity_lab.dispatch.tune_` chooses among
+    TUNE_MODES = ("dense", "sparse", "decode")  # what `sparsity_lab.dispatch.tune_` chooses among
 
     @property
     def mode(self) -> str:
-        """"dense" when the layer runs F.linear on the rebuilt weight (backend "dense"), else "sparse"; setting it
-        switches between "dense" and the sparse backend the layer was built with (`tune_` sets it)."""
-        return "dense" if self.backend == "dense" else "sparse"
+        """"dense" when the layer runs F.linear on the rebuilt weight (backend "dense"), "decode" for the decode
+        kernel wherever it fits (1-64 tokens; the sparse backend elsewhere), else "sparse" (the backend the layer was
+        built with); `tune_` sets it."""
+        return self.backend if self.backend in ("dense", "decode") else "sparse"
 
     @mode.setter
     def mode(self, value: str) -> None:
         if value not in self.TUNE_MODES:
             raise ValueError(f"mode must be one of {self.TUNE_MODES}, got {value!r}")
-        self.backend = "dense" if value == "dense" else self._sparse_backend
+        self.backend = value if value in ("dense", "decode") else self._sparse_backend
+        if value == "dense":
+            self.dense_weight()  # built here, eagerly: the compiled dense path reads it (see `_compiled_forward`)
 
     def dense_weight(self) -> torch.Tensor:
         """The dense (out_features, in_features) weight, rebuilt once per storage and cached (the dense operand)."""
@@ -122,6 +125,15 @@ class BlockSparseLinear(nn.Module):
         if self._dense_cache is None or self._dense_cache[0] != tag:
             self._dense_cache = (tag, self.weight_bsr.to_dense()[: self.out_features, : self.in_features])
         return self._dense_cache[1]
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's signature)
+        """After ``.to()`` / ``.half()``: the dense weight is rebuilt from the moved blocks (in mode "dense" now,
+        since compiled graphs read it; otherwise at its next use)."""
+        super()._apply(fn, recurse)
+        self._dense_cache = None
+        if self.backend == "dense":
+            self.dense_weight()
+        return self
 
     def run(self, x2d: torch.Tensor, backend: str) -> torch.Tensor:
         """The product on a 2-D input by the named backend."""
@@ -141,6 +153,15 @@ class BlockSparseLinear(nn.Module):
         return bsr_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x2d.dtype), self.out_features,
                           bias, variant=variant)
 
+    @staticmethod
+    def _decode_fits(x2d: torch.Tensor) -> bool:
+        """Whether the decode kernel takes this input: a CUDA input of 1-64 tokens, Triton installed."""
+        if not (x2d.is_cuda and triton_available()):
+            return False
+        from sparsity_lab.block.decode_kernel import MAX_TOKENS
+
+        return x2d.shape[0] <= MAX_TOKENS
+
     def dispatch_key(self, x2d: torch.Tensor) -> BlockKey:
         """The dispatcher's key for this 2-D input: its device and dtype, the tokens rounded up to a power of two."""
         tokens = 1 << max(x2d.shape[0] - 1, 0).bit_length()
@@ -155,11 +176,10 @@ class BlockSparseLinear(nn.Module):
             return "dense"
 
         def candidates() -> dict[str, Callable[[], torch.Tensor]]:
-            from sparsity_lab.block.decode_kernel import MAX_TOKENS
             from sparsity_lab.block.kernel import tma_supported
 
             names = ["pointer", "dense"] + (["tma"] if tma_supported(x2d, self.out_features) else [])
-            names += ["decode"] if x2d.shape[0] <= MAX_TOKENS else []
+            names += ["decode"] if self._decode_fits(x2d) else []
             return {name: lambda name=name: self.run(x2d, name) for name in names}
 
         with torch.no_grad():
@@ -174,7 +194,10 @@ class BlockSparseLinear(nn.Module):
         x2d = x.reshape(-1, self.in_features)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         if self.backend == "dense" or (torch.is_grad_enabled() and x.requires_grad):
-            return F.linear(x2d, self.dense_weight().to(x.dtype), bias).reshape(*x.shape[:-1], self.out_features)
+            # the weight rebuilt eagerly (when the mode was set, or by the last eager call): rebuilding it here
+            # would check the BSR with host syncs, a graph break in every layer
+            weight = self._dense_cache[1] if self._dense_cache is not None else self.dense_weight()
+            return F.linear(x2d, weight.to(x.dtype), bias).reshape(*x.shape[:-1], self.out_features)
         variant = DEFAULT_VARIANT if self.backend in ("auto", "triton", "decode") else self.backend
         y = torch.ops.sparsity_lab.bsr_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x.dtype),
                                               bias, self.out_features, variant)
@@ -189,7 +212,7 @@ class BlockSparseLinear(nn.Module):
         backend = self.backend
         if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
             backend = "dense"
-        elif backend == "auto":
+        elif backend == "auto" or (backend == "decode" and not self._decode_fits(x2d)):
             backend = self.choose_backend(x2d)
         return self.run(x2d, backend).reshape(*x.shape[:-1], self.out_features)
 

@@ -14,14 +14,16 @@ transformers from the ``models`` extra):
   of 2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed
   from a CUDA graph (`semi24.layer.capture`; no KV cache, so attention covers the new token only and the step
   is the weight-bandwidth-bound part of decode). Variants: dense, ours 2:4 (`tune_` at each shape: eager for
-  prefill, from CUDA graphs for decode), block-sparse MLPs at 90%.
+  prefill, from CUDA graphs for decode, where the decode kernels are candidates), block-sparse MLPs at 90%
+  (tuned from CUDA graphs for decode).
 
 Every variant is first checked against the dense model with the same pruned weights (relative error of the
 output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). Four of the ViT variants are profiled
 (`profile_breakdown`: CUDA time per forward in GEMMs, 2:4 GEMMs, layout copies, attention, norms, the rest).
 Results are saved after every variant, so a run cut short keeps what it measured. `--variants fp8,block` runs
 only the variants whose names contain one of the words (and dense, their baseline); `--update` keeps the rows
-of the results file that this run does not measure again, so a run can be split into several.
+of the results file that this run does not measure again, so a run can be split into several; `--phases decode`
+runs only the Llama decode steps.
 """
 
 from __future__ import annotations
@@ -116,7 +118,10 @@ class Recorder:
     def save(self) -> None:
         save_results(NAME, self.figures, self.out, record_environment(self.device))
 
-    def variant(self, section: str, row: dict[str, Any], run: Callable[[], dict[str, Any]]) -> None:
+    def variant(self, section: str, row: dict[str, Any], run: Callable[[], dict[str, Any]],
+                baseline: Callable[[], float] | None = None) -> None:
+        """Run one variant and save; `baseline` (the dense model's ms) is timed again right after it, so its
+        speed-up does not rest on a dense time taken minutes earlier, at another clock."""
         if self.only and row["variant"] != "dense" and not any(word in row["variant"] for word in self.only):
             return
         key = tuple(row.get(k) for k in ROW_KEY)
@@ -125,6 +130,8 @@ class Recorder:
         start = time.time()
         try:
             row.update(run())
+            if baseline is not None and row["variant"] != "dense":
+                row["dense_ms_adjacent"] = baseline()
         except Exception:  # one variant that fails is recorded and the others still run
             row["failure"] = traceback.format_exc()[-1500:]
             self.figures["failures"].append(dict(row))
@@ -169,7 +176,7 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
     common = {"model": "vit_large_patch16_224", "batch": batch, "dtype": str(dtype).replace("torch.", "")}
 
     def record(variant: str, run: Callable[[], dict[str, Any]], **extra: Any) -> None:
-        recorder.variant("vit", {**common, "variant": variant, **extra}, run)
+        recorder.variant("vit", {**common, "variant": variant, **extra}, run, lambda: _timed(base, x))
 
     def dense_run() -> dict[str, Any]:
         return {"ms": _timed(base, x), "profile": profile_breakdown(lambda: _no_grad(base, x))}
@@ -276,8 +283,9 @@ def _no_grad(model: Callable, inputs: tuple) -> object:
         return model(*inputs)
 
 
-def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, layers: int) -> None:
-    """Llama-shaped prefill and decode steps at `dtype` (see the module docstring)."""
+def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, layers: int,
+              phases: tuple[str, ...] = ("prefill", "decode")) -> None:
+    """Llama-shaped prefill and/or decode steps at `dtype` (see the module docstring)."""
     from sparsity_lab.semi24.layer import capture
 
     base = llama_decoder(dtype, device, layers)
@@ -293,7 +301,7 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
     block_ours = copy.deepcopy(blocks)
     sparsify_(block_ours, BlockSparseConfig(64, max_density=0.2), lambda m, fqn: fqn.endswith(mlp))
     generator = torch.Generator(device=device).manual_seed(0)
-    for batch in (1, 8):
+    for batch in (1, 8) if "prefill" in phases else ():
         ids = (torch.randint(0, 128256, (batch, 2048), device=device, generator=generator),)
         with torch.no_grad():
             reference = hidden(base(*ids, use_cache=False))
@@ -313,14 +321,14 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
 
             recorder.variant("llama", {**common, "phase": "prefill", "batch": batch, "tokens": 2048,
                                        "variant": name}, prefill)
-    for batch in (1, 16):
+    for batch in (1, 16) if "decode" in phases else ():
         ids = torch.randint(0, 128256, (batch, 1), device=device, generator=generator)
         for name, model in (("dense", base), ("ours 2:4", ours), ("dense block-pruned", block_dense),
                             ("ours block 64 90% MLP", block_ours)):
             def decode(model: nn.Module = model, ids: torch.Tensor = ids, batch: int = batch, name: str = name
                        ) -> dict[str, Any]:
                 out: dict[str, Any] = {}
-                if name == "ours 2:4":  # tuned again for this step, timed as it will run: from a CUDA graph
+                if name.startswith("ours"):  # tuned again for this step, timed as it will run: from a CUDA graph
                     tuning = tune_(model, (ids,), block="layers.0", graphs=True)
                     out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
                 with torch.no_grad():
@@ -333,8 +341,9 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row's speedup over the dense eager row (and, for compiled rows, over dense compiled) of its model,
-    dtype and shape: ``{"variant", "compiled", "over_dense_eager", "over_dense_compiled"}``."""
+    """Each row's speedup over the dense eager row (the one timed right after it where there is one) and, for
+    compiled rows, over dense compiled, of its model, dtype and shape: ``{"variant", "compiled",
+    "over_dense_eager", "over_dense_compiled"}``."""
     def shape(row: dict[str, Any]) -> tuple:
         return (row.get("model"), row.get("dtype"), row.get("phase"), row.get("batch"))
 
@@ -343,7 +352,7 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if "ms" not in row:
             continue
-        eager = dense.get((shape(row), False))
+        eager = row.get("dense_ms_adjacent") or dense.get((shape(row), False))
         compiled = dense.get((shape(row), True))
         out.append({**{k: row.get(k) for k in ("model", "dtype", "phase", "batch", "variant", "compiled")},
                     "ms": row["ms"], "over_dense_eager": eager / row["ms"] if eager else None,
@@ -359,11 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
     parser.add_argument("--variants", default="", help="comma-separated words: run only variants named with one")
     parser.add_argument("--update", action="store_true", help="keep the results file's rows not measured again")
+    parser.add_argument("--phases", default="prefill,decode", help="Llama phases, comma-separated: prefill, decode")
     args = parser.parse_args(argv)
     device = resolve_device("cuda", f"{NAME}.json")
     if device is None:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
+    phases = tuple(args.phases.split(","))
+    if not set(phases) <= {"prefill", "decode"}:
+        parser.error(f"--phases takes prefill and/or decode, got {args.phases!r}")
     only = tuple(word for word in args.variants.split(",") if word)
     recorder = Recorder(args.out, device, lambda line: print(line, flush=True), only, args.update)
     for dtype_name in args.dtypes.split(","):
@@ -371,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if "vit" in args.models:
             run_vit(dtype, device, recorder)
         if "llama" in args.models:
-            run_llama(dtype, device, recorder, args.llama_layers)
+            run_llama(dtype, device, recorder, args.llama_layers, phases)
     recorder.figures["speedups"] = speedups(recorder.figures["vit"] + recorder.figures["llama"])
     recorder.save()
     for row in recorder.figures["speedups"]:

@@ -10,10 +10,11 @@
   goes sparse only when it measured at least 3% faster (`DEFAULT_DISPATCHER`'s margin). On the CPU, or for a dtype
   or shape the 2:4 kernels cannot take, the layer runs dense with the pruned weight and says why
   (`Semi24Linear.last_reason`).
-* `Semi24Linear.mode` fixes the choice instead ("dense", "sparse", or "sparse-rowmajor": the 2:4 kernel, then
-  `transpose_kernel.row_major` so y leaves row-major). A layer timed alone cannot see what its column-major y costs
-  the ops after it; `sparsity_lab.dispatch.tune_` times the model (or one of its blocks) with each choice and sets
-  the modes, so the swapped model as a whole is never slower than its dense self beyond timing noise.
+* `Semi24Linear.mode` fixes the choice instead ("dense", "sparse", "sparse-rowmajor": the 2:4 kernel, then
+  `transpose_kernel.row_major` so y leaves row-major, or "decode": the decode kernel at 1-64 tokens). A layer timed
+  alone cannot see what its column-major y costs the ops after it; `sparsity_lab.dispatch.tune_` times the model (or
+  one of its blocks) with each choice and sets the modes, so the swapped model as a whole is never slower than its
+  dense self beyond timing noise.
 * Under ``torch.compile`` the 2:4 matmul is the custom op `sparsity_lab.semi24.ops.semi24_linear_t` (no graph
   break, dynamic token counts), and Inductor fuses y's transpose into the ops that follow.
 * `capture(model, example)` (`GraphedCall`) replays a model or layer from a CUDA graph at one input shape. Eager
@@ -39,7 +40,7 @@ from sparsity_lab.semi24.transpose_kernel import row_major
 from sparsity_lab.timing import capture_graph
 
 DEFAULT_DISPATCHER = Dispatcher(margin=0.97)
-MODES = ("auto", "dense", "sparse", "sparse-rowmajor")
+MODES = ("auto", "dense", "sparse", "sparse-rowmajor", "decode")
 
 
 class Semi24Linear(nn.Module):
@@ -48,10 +49,11 @@ class Semi24Linear(nn.Module):
     Inference only: the weight is frozen, and an input that needs gradients takes the dense path (which
     autograd can differentiate). The sparse path returns y as a transposed (column-major) view, except in mode
     "sparse-rowmajor". `mode` (`MODES`): "auto" lets the dispatcher decide per shape; "dense", "sparse" and
-    "sparse-rowmajor" fix the route (`sparsity_lab.dispatch.tune_` sets them from whole-model timings)."""
+    "sparse-rowmajor" fix the route, "decode" takes the Triton decode kernel wherever it fits (1-64 tokens) and the
+    2:4 kernel elsewhere (`sparsity_lab.dispatch.tune_` sets them from whole-model timings)."""
 
     # what `sparsity_lab.dispatch.tune_` chooses among ("auto": the per-shape dispatcher, decode kernel included)
-    TUNE_MODES = ("dense", "sparse", "sparse-rowmajor", "auto")
+    TUNE_MODES = ("dense", "sparse", "sparse-rowmajor", "auto", "decode")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "cusparselt",
                  dispatcher: Dispatcher | None = DEFAULT_DISPATCHER, prune: bool = True, mode: str = "auto") -> None:
@@ -214,6 +216,9 @@ class Semi24Linear(nn.Module):
             self.last_reason = "dense (pruned weight): mode='dense'"
             return "dense"
         self._pack()
+        if self._mode == "decode" and self._decode_fits(x2):
+            self.last_reason = "decode kernel: mode='decode'"
+            return "decode"
         if self._mode != "auto":
             self.last_reason = f"sparse: mode={self._mode!r}"
             return "sparse"

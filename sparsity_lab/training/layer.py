@@ -19,9 +19,10 @@ equal, compute equal masks.
 
 Under FSDP2 (``fully_shard``) the weight is a sharded DTensor between forwards and FSDP's all-gathered tensor
 during them: the mask and the 2:4 operands are built in the forward from that gathered, full weight. FSDP copies
-each all-gather into the same gathered tensor with its version counter held still, so the layer watches FSDP swap
-its weight (``__setattr__``) and judges a gathered weight by the version of the shard it came from, which the
-optimizer's step moves.
+each all-gather into the same gathered tensor with its version counter held still, and a foreach or fused
+optimizer step (CUDA's default) on the sharded DTensors moves no version counter either, so the layer watches FSDP
+swap its weight (``__setattr__``) and takes each all-gather as a new weight: operands are rebuilt once per forward
+(with a "dynamic" mask, the mask too, from the same weights between steps: the same mask).
 
 Backends: ``"dense"`` multiplies by the masked dense weight (any device: the CPU reference); ``"cusparselt"``
 runs the forward and the input gradient through our cuSPARSELt binding (`sparsity_lab.semi24.cusparselt`) with W_s and
@@ -258,6 +259,7 @@ class Semi24TrainingLinear(nn.Module):
         super().__init__()
         self._shard: tuple | None = None  # under FSDP2: (sharded weight, the gathered weight FSDP made from it)
         self._shards_seen = 0  # how many sharded weights were swapped in: a new one is never judged by an old key
+        self._gathers = 0  # how many times FSDP2 swapped the gathered weight in (once per forward and backward)
         if mask not in MASK_MODES:
             raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
         if transpose not in TRANSPOSE_MODES:
@@ -323,15 +325,20 @@ class Semi24TrainingLinear(nn.Module):
                 self._shard = (weight, None)
         elif shard is not None and shard[1] is None:
             self._shard = (shard[0], weight)
-        elif shard is not None and weight is not shard[1]:
+            self._gathers += 1
+        elif shard is not None and weight is shard[1]:
+            self._gathers += 1
+        elif shard is not None:
             self._shard = None
 
     def _weight_key(self) -> tuple[int, ...]:
-        """What says the weight changed: its version and address; for FSDP2's gathered weight, whose version
-        FSDP holds still across all-gathers, the version of the shard it was gathered from."""
+        """What says the weight changed: its version and address; for FSDP2's gathered weight, which FSDP refills
+        in place with its version held still, the all-gather it came from: an optimizer step on the shards is not
+        seen by any version counter when it runs foreach or fused (the default on CUDA), so every gather counts
+        as a new weight."""
         shard = self._shard
         if shard is not None and self.weight is shard[1]:
-            return (-1, self._shards_seen, shard[0]._version)
+            return (-1, self._shards_seen, self._gathers)
         return (self.weight._version, self.weight.data_ptr())
 
     def backend(self) -> DenseBackend | CusparseltBackend:
