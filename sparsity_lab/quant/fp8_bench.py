@@ -154,13 +154,8 @@ def gpu_available() -> bool:
     our cuSPARSELt binding loaded."""
     from sparsity_lab.semi24 import cusparselt
 
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        return False
-    try:
-        cusparselt.load_library()
-    except cusparselt.CusparseLtError:
-        return False
-    return True
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+            and cusparselt.unavailable_reason() is None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -169,13 +169,7 @@ class _BindingWeight:
 def _binding_available() -> bool:
     from sparsity_lab.semi24 import cusparselt
 
-    if not torch.cuda.is_available():
-        return False
-    try:
-        cusparselt.load_library()
-    except cusparselt.CusparseLtError:
-        return False
-    return True
+    return torch.cuda.is_available() and cusparselt.unavailable_reason() is None
 
 
 def _binding_compress(q_w: torch.Tensor) -> _BindingWeight:

@@ -175,6 +175,15 @@ def load_library() -> ctypes.CDLL:
         )
 
 
+def unavailable_reason() -> str | None:
+    """Why the binding cannot run here (the library not found: `load_library`'s message), or None when it can."""
+    try:
+        load_library()
+    except CusparseLtUnavailable as err:
+        return str(err)
+    return None
+
+
 def library_path() -> str | None:
     """The file the binding loaded (None before `load_library`)."""
     return _LIB_PATH

@@ -55,13 +55,9 @@ def unavailable_reason(path: str, device: torch.device | str, dtype: torch.dtype
     if dtype not in (torch.float16, torch.bfloat16, torch.int8):
         return f"2:4 sparse tensor cores take float16, bfloat16 or int8, not {dtype}"
     if path == "cusparselt":
-        from sparsity_lab.semi24.cusparselt import CusparseLtUnavailable, load_library
+        from sparsity_lab.semi24.cusparselt import unavailable_reason as library_unavailable
 
-        try:
-            load_library()
-        except CusparseLtUnavailable as err:
-            return str(err)
-        return None
+        return library_unavailable()
     if path == "torch_cslt":
         backend = getattr(torch.backends, "cusparselt", None)
         return None if backend is not None and backend.is_available() else "this PyTorch build has no cuSPARSELt"

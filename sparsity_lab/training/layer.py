@@ -182,13 +182,9 @@ def cusparselt_unavailable(weight: torch.Tensor) -> str | None:
     n, k = weight.shape
     if n % 16 or k % 16:
         return f"the cusparselt backend needs both sizes of the weight to be multiples of 16, got {(n, k)}"
-    from sparsity_lab.semi24.cusparselt import CusparseLtError, load_library
+    from sparsity_lab.semi24.cusparselt import unavailable_reason
 
-    try:
-        load_library()
-    except CusparseLtError as error:
-        return str(error)
-    return None
+    return unavailable_reason()
 
 
 # -------------------------------------------------------------------------------------------------- autograd
