@@ -222,48 +222,41 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
     record("ours 2:4 tuned", lambda: tuned(False), compiled=False)
     record("ours 2:4 tuned", lambda: tuned(True), compiled=True)
 
-    def int8_24(tuned: bool) -> dict[str, Any]:
-        model = copy.deepcopy(base)
-        sparsify_(model, Int8Config(sparse=True, prune=False), lambda m, fqn: fqn != "head")
-        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["int8"])}
-        if tuned:
-            out["modes"] = _tuned_modes(model, x)
-        return out | {"ms": _timed(model, x)}
-
-    record("ours int8 2:4", lambda: int8_24(False), compiled=False)
-    record("ours int8 2:4 tuned", lambda: int8_24(True), compiled=False)
-
-    def fp8_24(compiled: bool, tuned: bool) -> dict[str, Any]:
-        model = copy.deepcopy(base)
-        sparsify_(model, Fp8Config(prune=False), lambda m, fqn: fqn != "head")
-        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["fp8"])}
+    def swap_run(source: nn.Module, config: object, keep: Callable[[nn.Module, str], bool], ref: torch.Tensor,
+                limit: float, compiled: bool = False, tuned: bool = False) -> dict[str, Any]:
+        """A copy of `source` swapped by `config` (the layers `keep` picks), checked against `ref`, tuned by
+        `tune_` if asked, timed eager or compiled."""
+        model = copy.deepcopy(source)
+        sparsify_(model, config, keep)
+        out = {"rel_error": _checked(model, ref, x, limit)}
         if tuned:
             out["modes"] = _tuned_modes(model, x, compiled)
         run = _compile(model) if compiled else model
         return out | {"ms": _timed(run, x)}
 
+    def not_head(module: nn.Module, fqn: str) -> bool:
+        return fqn != "head"
+
+    for tune in (False, True):
+        record("ours int8 2:4" + " tuned" * tune, lambda t=tune: swap_run(
+            base, Int8Config(sparse=True, prune=False), not_head, reference, MAX_RELATIVE_ERROR["int8"], tuned=t),
+            compiled=False)
     for compiled in (False, True):
-        record("ours fp8 2:4", lambda c=compiled: fp8_24(c, False), compiled=compiled)
-        record("ours fp8 2:4 tuned", lambda c=compiled: fp8_24(c, True), compiled=compiled)
+        for tune in (False, True):
+            record("ours fp8 2:4" + " tuned" * tune, lambda c=compiled, t=tune: swap_run(
+                base, Fp8Config(prune=False), not_head, reference, MAX_RELATIVE_ERROR["fp8"], c, t),
+                compiled=compiled)
     for sparsity in (0.9, 0.5):
         pruned = block_prune_mlps(base, ("fc1", "fc2"), sparsity)
         with torch.no_grad():
             pruned_reference = pruned(*x)
-
-        def block_run(compiled: bool, tuned: bool = False, pruned: nn.Module = pruned,
-                      ref: torch.Tensor = pruned_reference) -> dict[str, Any]:
-            model = copy.deepcopy(pruned)
-            sparsify_(model, BlockSparseConfig(64, max_density=0.6), lambda m, fqn: fqn.endswith(("fc1", "fc2")))
-            out = {"rel_error": _checked(model, ref, x, MAX_RELATIVE_ERROR["other"])}
-            if tuned:
-                out["modes"] = _tuned_modes(model, x, compiled)
-            run = _compile(model) if compiled else model
-            return out | {"ms": _timed(run, x)}
-
         for compiled in (False, True):
-            record(f"ours block 64 {sparsity:.0%} MLP", lambda c=compiled, f=block_run: f(c), compiled=compiled)
-            record(f"ours block 64 {sparsity:.0%} MLP tuned", lambda c=compiled, f=block_run: f(c, True),
-                   compiled=compiled)
+            for tune in (False, True):
+                record(f"ours block 64 {sparsity:.0%} MLP" + " tuned" * tune,
+                       lambda c=compiled, t=tune, p=pruned, r=pruned_reference: swap_run(
+                           p, BlockSparseConfig(64, max_density=0.6), lambda m, fqn: fqn.endswith(("fc1", "fc2")),
+                           r, MAX_RELATIVE_ERROR["other"], c, t),
+                       compiled=compiled)
     torch._dynamo.reset()
 
 
