@@ -201,7 +201,7 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     report = Report()
     for fqn in layers:
         decision = chosen[group_name(fqn, layers[fqn])]
-        report[fqn] = LayerReport(decision.choice != "dense",
+        report[fqn] = LayerReport(not decision.choice.startswith("dense"),
                                   f"{decision.choice}: {where} ({how}, round {rounds}) {decision.reason}")
     return report
 

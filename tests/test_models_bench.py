@@ -24,6 +24,7 @@ from sparsity_lab.models.profile import classify_kernel, predicted_ms
     ("void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>", "layout copies"),
     ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel", "norms"),
     ("triton_red_fused_add_native_layer_norm_0", "norms"),
+    ("_norm_t_kernel", "norms"),
     ("void at::native::vectorized_elementwise_kernel<8, GeluCUDAKernelImpl>", "other"),
 ])
 def test_kernels_are_classified_by_name(name: str, kind: str) -> None:

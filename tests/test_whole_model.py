@@ -130,7 +130,8 @@ def test_tune_keeps_a_group_sparse_only_where_the_model_got_faster(monkeypatch: 
     _, model = _swapped()
     layers = {fqn: m for fqn, m in model.named_modules() if isinstance(m, Semi24Linear)}
     cost = {("fc1", "dense"): 1.0, ("fc1", "sparse"): 0.7, ("fc1", "sparse-rowmajor"): 0.8, ("fc1", "auto"): 1.2,
-            ("fc2", "dense"): 1.0, ("fc2", "sparse"): 1.4, ("fc2", "sparse-rowmajor"): 0.9, ("fc2", "auto"): 1.2}
+            ("fc2", "dense"): 1.0, ("fc2", "sparse"): 1.4, ("fc2", "sparse-rowmajor"): 0.9, ("fc2", "auto"): 1.2,
+            ("fc1", "dense-colmajor"): 1.0, ("fc2", "dense-colmajor"): 1.5}
 
     def fake_ms(fn, *args, **kwargs) -> float:
         fn()
@@ -158,8 +159,9 @@ def test_tune_second_round_sees_later_choices(monkeypatch: pytest.MonkeyPatch) -
     def fake_ms(fn, *args, **kwargs) -> float:
         fn()
         first = {"dense": 1.0, "sparse": 0.7 if fc2.mode == "sparse" else 1.1, "sparse-rowmajor": 1.05,
-                 "auto": 1.3}[fc1.mode]
-        return first + {"dense": 1.0, "sparse": 0.8, "sparse-rowmajor": 0.9, "auto": 1.3}[fc2.mode]
+                 "auto": 1.3, "dense-colmajor": 1.0}[fc1.mode]
+        second = {"dense": 1.0, "sparse": 0.8, "sparse-rowmajor": 0.9, "auto": 1.3, "dense-colmajor": 1.2}
+        return first + second[fc2.mode]
 
     monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
     monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
@@ -167,6 +169,23 @@ def test_tune_second_round_sees_later_choices(monkeypatch: pytest.MonkeyPatch) -
     assert (fc1.mode, fc2.mode) == ("dense", "sparse")
     report = tune_(model, (torch.randn(8, 64),))
     assert (fc1.mode, fc2.mode) == ("sparse", "sparse") and "round 2" in report["blocks.0.fc1"].what
+
+
+def test_tune_may_keep_a_group_dense_with_column_major_y(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a model whose residual stream is column-major, a dense layer writing yᵀ is what spares the add a copy:
+    tune_ may choose "dense-colmajor", and reports the layer as not sparse."""
+    _, model = _swapped(depth=1)
+    fc2 = model.blocks[0].fc2
+
+    def fake_ms(fn, *args, **kwargs) -> float:
+        fn()
+        return {"dense-colmajor": 0.9}.get(fc2.mode, 1.0)
+
+    monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
+    monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
+    report = tune_(model, (torch.randn(8, 64),))
+    assert fc2.mode == "dense-colmajor" and not report["blocks.0.fc2"].changed
+    assert report["blocks.0.fc2"].what.startswith("dense-colmajor: the model")
 
 
 def test_decode_modes_are_candidates_only_for_cuda_graph_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,8 +14,10 @@ transformers from the ``models`` extra):
   of 2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed
   from a CUDA graph (`semi24.layer.capture`; no KV cache, so attention covers the new token only and the step
   is the weight-bandwidth-bound part of decode). Variants: dense, ours 2:4 (`tune_` at each shape: eager for
-  prefill, from CUDA graphs for decode, where the decode kernels are candidates), block-sparse MLPs at 90%
-  (tuned from CUDA graphs for decode).
+  prefill, from CUDA graphs for decode, where the decode kernels are candidates), ours 2:4 with a column-major
+  stream (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for decode).
+* **Norms** at both models' shapes: the column-major norm kernel (`models.column_major_norm.norm_speed`) against
+  PyTorch's on a row-major and on a column-major input.
 
 Every variant is first checked against the dense model with the same pruned weights (relative error of the
 output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). Four of the ViT variants are profiled
@@ -42,7 +44,9 @@ from torch import nn
 from sparsity_lab.checks import relative_error
 from sparsity_lab.course.results import RECORDED_DIR, load_results, record_environment, save_results
 from sparsity_lab.dispatch import group_name, tunable_layers, tune_
+from sparsity_lab.models.column_major_norm import norm_speed
 from sparsity_lab.models.profile import profile_breakdown
+from sparsity_lab.models.stream import column_major_stream_
 from sparsity_lab.semi24.matmul import prune24
 from sparsity_lab.sparsify import BlockSparseConfig, Fp8Config, Int8Config, Semi24Config, sparsify_
 from sparsity_lab.timing import bench_ms, resolve_device
@@ -110,10 +114,10 @@ class Recorder:
     def __init__(self, out: Path, device: torch.device, log: Callable[[str], None], only: tuple[str, ...] = (),
                  update: bool = False) -> None:
         self.out, self.device, self.log, self.only = out, device, log, only
-        self.figures: dict[str, Any] = {"vit": [], "llama": [], "failures": []}
+        self.figures: dict[str, Any] = {"vit": [], "llama": [], "norms": [], "failures": []}
         if update and out.exists():
             kept = load_results(out).figures
-            self.figures.update({section: kept.get(section, []) for section in ("vit", "llama", "failures")})
+            self.figures.update({section: kept.get(section, []) for section in ("vit", "llama", "norms", "failures")})
 
     def save(self) -> None:
         save_results(NAME, self.figures, self.out, record_environment(self.device))
@@ -217,10 +221,23 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
         out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
         return out
 
+    def streamed(compiled: bool) -> dict[str, Any]:
+        model = copy.deepcopy(base)
+        sparsify_(model, Semi24Config(), lambda m, fqn: fqn != "head")
+        column_major_stream_(model, "blocks.0")
+        modes = _tuned_modes(model, x, compiled)
+        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["other"]), "modes": modes}
+        run = _compile(model) if compiled else model
+        out["ms"] = _timed(run, x)
+        out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
+        return out
+
     record("ours 2:4 untuned", lambda: untuned(False), compiled=False)
     record("ours 2:4 untuned", lambda: untuned(True), compiled=True)
     record("ours 2:4 tuned", lambda: tuned(False), compiled=False)
     record("ours 2:4 tuned", lambda: tuned(True), compiled=True)
+    record("ours 2:4 column-major stream tuned", lambda: streamed(False), compiled=False)
+    record("ours 2:4 column-major stream tuned", lambda: streamed(True), compiled=True)
 
     def swap_run(source: nn.Module, config: object, keep: Callable[[nn.Module, str], bool], ref: torch.Tensor,
                 limit: float, compiled: bool = False, tuned: bool = False) -> dict[str, Any]:
@@ -289,6 +306,8 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
     ours = copy.deepcopy(base)
     sparsify_(ours, Semi24Config())
     variants["ours 2:4"] = ours
+    streamed = copy.deepcopy(ours)
+    column_major_stream_(streamed, "layers.0")
     blocks = block_prune_mlps(base, mlp, 0.9)
     block_dense = blocks
     block_ours = copy.deepcopy(blocks)
@@ -300,12 +319,13 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
             reference = hidden(base(*ids, use_cache=False))
             block_reference = hidden(block_dense(*ids, use_cache=False))
         for name, model, ref in (("dense", base, reference), ("ours 2:4", ours, reference),
+                                 ("ours 2:4 column-major stream", streamed, reference),
                                  ("ours block 64 90% MLP", block_ours, block_reference)):
             def prefill(model: nn.Module = model, ref: torch.Tensor = ref, name: str = name, ids: tuple = ids
                         ) -> dict[str, Any]:
                 call = lambda ids: model(ids, use_cache=False)  # noqa: E731
                 out: dict[str, Any] = {}
-                if name == "ours 2:4":
+                if name.startswith("ours 2:4"):
                     tuning = tune_(model, ids, block="layers.0")
                     out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
                 out["rel_error"] = _checked(call, ref, ids, MAX_RELATIVE_ERROR["other"], hidden)
@@ -333,6 +353,18 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
                                        "variant": name}, decode)
 
 
+def run_norms(dtype: torch.dtype, recorder: Recorder) -> None:
+    """The column-major norm against PyTorch's at ViT-L's (LayerNorm) and the Llama-shaped prefill's (RMSNorm)
+    shapes, at each of its token blocks."""
+    for tokens, features, rms in ((25216, 1024, False), (16384, 4096, True)):
+        for block_m in (0, 16, 32, 64):
+            row = {"model": "norm", "dtype": str(dtype).replace("torch.", ""), "phase": f"{tokens}x{features}",
+                   "batch": block_m, "variant": f"column-major {'RMSNorm' if rms else 'LayerNorm'}",
+                   "compiled": False, "tokens": tokens, "features": features, "block_m": block_m or "default"}
+            recorder.variant("norms", row, lambda t=tokens, f=features, r=rms, b=block_m: norm_speed(
+                t, f, dtype, r, block_m=b))
+
+
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's speedup over the dense eager row (the one timed right after it where there is one) and, for
     compiled rows, over dense compiled, of its model, dtype and shape: ``{"variant", "compiled",
@@ -355,7 +387,7 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparsity-lab bench models", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="vit,llama", help="comma-separated: vit, llama")
+    parser.add_argument("--models", default="vit,llama,norms", help="comma-separated: vit, llama, norms")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated: bfloat16, float16")
     parser.add_argument("--llama-layers", type=int, default=4, help="decoder layers of the Llama-shaped model")
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
@@ -378,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             run_vit(dtype, device, recorder)
         if "llama" in args.models:
             run_llama(dtype, device, recorder, args.llama_layers, phases)
+        if "norms" in args.models:
+            run_norms(dtype, recorder)
     recorder.figures["speedups"] = speedups(recorder.figures["vit"] + recorder.figures["llama"])
     recorder.save()
     for row in recorder.figures["speedups"]:

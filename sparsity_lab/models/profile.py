@@ -16,7 +16,7 @@ KERNEL_CLASSES = (  # (class, substrings of CUDA kernel names), first match wins
     ("2:4 GEMM", ("sparse_gemm", "sm90_xmma_sparse", "cusparselt", "spmma")),
     ("attention", ("flash", "fmha", "sdpa", "attention", "softmax")),
     ("layout copies", ("copy", "transpose", "_row_major_kernel", "permute", "clone")),
-    ("norms", ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "welford", "red_fused")),
+    ("norms", ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "welford", "red_fused", "_norm_t_kernel")),
     ("dense GEMM", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "_mm_", "bsr", "_block_sparse")),
 )
 

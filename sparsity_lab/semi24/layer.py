@@ -11,7 +11,9 @@
   or shape the 2:4 kernels cannot take, the layer runs dense with the pruned weight and says why
   (`Semi24Linear.last_reason`).
 * `Semi24Linear.mode` fixes the choice instead ("dense", "sparse", "sparse-rowmajor": the 2:4 kernel, then
-  `transpose_kernel.row_major` so y leaves row-major, or "decode": the decode kernel at 1-64 tokens). A layer timed
+  `transpose_kernel.row_major` so y leaves row-major, "dense-colmajor": cuBLAS writing yᵀ, the sparse path's
+  layout, for a model whose residual stream is column-major (`sparsity_lab.models.stream`), or "decode": the
+  decode kernel at 1-64 tokens). A layer timed
   alone cannot see what its column-major y costs the ops after it; `sparsity_lab.dispatch.tune_` times the model (or
   one of its blocks) with each choice and sets the modes, so the swapped model as a whole is never slower than its
   dense self beyond timing noise.
@@ -35,12 +37,12 @@ from sparsity_lab._optional import triton_available
 from sparsity_lab.dispatch import Dispatcher
 from sparsity_lab.semi24 import ops
 from sparsity_lab.semi24.matmul import SPARSE_PATHS, prune24, unavailable_reason
-from sparsity_lab.semi24.ops import Semi24Key, tokens_multiple
+from sparsity_lab.semi24.ops import Semi24Key, dense_t, tokens_multiple
 from sparsity_lab.semi24.transpose_kernel import row_major
 from sparsity_lab.timing import capture_graph
 
 DEFAULT_DISPATCHER = Dispatcher(margin=0.97)
-MODES = ("auto", "dense", "sparse", "sparse-rowmajor", "decode")
+MODES = ("auto", "dense", "dense-colmajor", "sparse", "sparse-rowmajor", "decode")
 
 
 class Semi24Linear(nn.Module):
@@ -48,12 +50,13 @@ class Semi24Linear(nn.Module):
 
     Inference only: the weight is frozen, and an input that needs gradients takes the dense path (which
     autograd can differentiate). The sparse path returns y as a transposed (column-major) view, except in mode
-    "sparse-rowmajor". `mode` (`MODES`): "auto" lets the dispatcher decide per shape; "dense", "sparse" and
-    "sparse-rowmajor" fix the route, "decode" takes the Triton decode kernel wherever it fits (1-64 tokens) and the
-    2:4 kernel elsewhere (`sparsity_lab.dispatch.tune_` sets them from whole-model timings)."""
+    "sparse-rowmajor". `mode` (`MODES`): "auto" lets the dispatcher decide per shape; "dense", "dense-colmajor"
+    (y column-major, as the sparse path leaves it), "sparse" and "sparse-rowmajor" fix the route, "decode" takes
+    the Triton decode kernel wherever it fits (1-64 tokens) and the 2:4 kernel elsewhere (`sparsity_lab.dispatch.tune_`
+    sets them from whole-model timings)."""
 
     # what `sparsity_lab.dispatch.tune_` chooses among ("auto": the per-shape dispatcher, decode kernel included)
-    TUNE_MODES = ("dense", "sparse", "sparse-rowmajor", "auto", "decode")
+    TUNE_MODES = ("dense", "dense-colmajor", "sparse", "sparse-rowmajor", "auto", "decode")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "cusparselt",
                  dispatcher: Dispatcher | None = DEFAULT_DISPATCHER, prune: bool = True, mode: str = "auto") -> None:
@@ -206,8 +209,11 @@ class Semi24Linear(nn.Module):
         return linear
 
     def _route(self, x: torch.Tensor, x2: torch.Tensor) -> str:
-        """Decide (once per device, dtype and token count) where this input goes: "dense", "sparse" (cuSPARSELt)
-        or "decode" (the Triton decode kernel, a dispatcher candidate at 1-64 tokens)."""
+        """Decide (once per device, dtype and token count) where this input goes: "dense", "dense-colmajor",
+        "sparse" (cuSPARSELt) or "decode" (the Triton decode kernel, a dispatcher candidate at 1-64 tokens)."""
+        if self._mode == "dense-colmajor":
+            self.last_reason = "dense (pruned weight), y column-major: mode='dense-colmajor'"
+            return "dense-colmajor"
         reason = self.sparse_unavailable(x)
         if reason:
             self.last_reason = f"dense (pruned weight): {reason}"
@@ -256,6 +262,10 @@ class Semi24Linear(nn.Module):
         _, values, meta = self._decode_weight
         return lambda x, bias: decode_linear(x, values, meta, bias)
 
+    def _dense_colmajor_call(self) -> Callable:
+        """(x2, bias) -> y = (W · x2ᵀ + b)ᵀ: dense, y column-major (cuBLAS writes yᵀ row-major)."""
+        return lambda x, bias: dense_t(x, self._parameters["weight"], bias).t()
+
     def _route_for(self, x: torch.Tensor, key: tuple) -> tuple:
         """(sparse call or None for dense, weight address and version it was decided for), cached under `key`."""
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -264,7 +274,8 @@ class Semi24Linear(nn.Module):
         fn = None
         choice = self._route(x, x2)
         if choice != "dense":
-            linear = self._decode_call() if choice == "decode" else self._sparse_call(x2.shape[0])
+            linear = {"decode": self._decode_call, "dense-colmajor": self._dense_colmajor_call}.get(
+                choice, lambda: self._sparse_call(x2.shape[0]))()
             if x.dim() == 2:
                 fn = linear
             else:
@@ -276,6 +287,9 @@ class Semi24Linear(nn.Module):
     def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
         """What ``torch.compile`` traces: the custom op (D = W · xᵀ) and y = D.t() as a view Inductor fuses into
         the ops after it; dense ``F.linear`` in mode "dense", for PyTorch's backends and for inputs that need grad."""
+        if self._mode == "dense-colmajor":
+            return dense_t(x.reshape(-1, self.in_features), self.weight, self.bias).t().reshape(
+                *x.shape[:-1], self.out_features)
         if (self._mode == "dense" or self.backend != "cusparselt" or x.shape[-1] != self.in_features
                 or (x.requires_grad and torch.is_grad_enabled())):
             return F.linear(x, self.weight, self.bias)

@@ -71,7 +71,7 @@ def dispatcher_id(dispatcher: Dispatcher | None) -> int:
     return id(dispatcher)
 
 
-def _dense_t(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def dense_t(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """D = W · xᵀ (+ b) on cuBLAS (or the CPU), row-major (N, M): the op's dense route, in the op's layout."""
     if bias is None:
         return weight @ x.t()
@@ -97,10 +97,10 @@ def semi24_linear_t(x: torch.Tensor, weight: torch.Tensor, compressed: torch.Ten
         if chosen is None:
             return sparse()
         key = Semi24Key(m, weight.shape[1], weight.shape[0], x.dtype, "cusparselt")
-        decision = chosen.choose(key, lambda: {"sparse": sparse, "dense": lambda: _dense_t(x, weight, bias)})
+        decision = chosen.choose(key, lambda: {"sparse": sparse, "dense": lambda: dense_t(x, weight, bias)})
         if decision.choice == "sparse":
             return sparse()
-    return _dense_t(x, weight, bias)
+    return dense_t(x, weight, bias)
 
 
 @semi24_linear_t.register_fake

@@ -1,0 +1,90 @@
+"""`column_major_stream_(model, first_block)`: keep a transformer's residual stream column-major, in place.
+
+Why: cuSPARSELt writes D = W · xᵀ, so every 2:4 layer's y = D.t() is column-major; in a row-major model the
+residual add, the LayerNorm and attention must copy it, and those copies cost what sparsity saves (ViT-L/16:
+docs/performance/models.md). Turn the model around instead: store the residual stream itself column-major, from
+the input of its first block on. Then per block
+
+    norm1 (ColumnMajorNorm: reads and writes column-major)  ->  qkv: dense cuBLAS reads x transposed for free and
+    writes row-major q, k, v for attention (or 2:4 then one copy)  ->  attention  ->  proj: 2:4, y column-major
+    -> residual add, both column-major  ->  norm2  ->  fc1: 2:4 reads x in place  ->  GELU  ->  fc2: 2:4
+    -> residual add
+
+and the only copy left is the one at the stream's entry. A dense layer that writes into the stream takes the
+mode "dense-colmajor" (cuBLAS writes yᵀ, the same layout at the same speed); `dispatch.tune_` chooses each
+group's mode by timing the streamed model, as for a row-major one.
+
+What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm``, ``LlamaRMSNorm``) is swapped
+for one sharing its weights, which keeps whichever layout it is given (so a norm before the stream computes as
+before); a forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
+``hidden_states=``) column-major. Values are unchanged: the streamed model computes what it computed before, up to
+the order of float sums. All or nothing: a name that is not a submodule, or a model already streamed, is refused
+before anything changes. `remove_column_major_stream_` undoes it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from sparsity_lab.models.column_major_norm import ColumnMajorNorm, to_column_major, unfit
+
+if TYPE_CHECKING:
+    from sparsity_lab.sparsify import Report
+
+_HOOK = "_sparsity_lab_column_major_stream"  # the attribute of the first block that holds the hook's handle
+
+
+def _entry(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The pre-hook: the block's hidden states (first positional argument, or ``hidden_states=``) column-major."""
+    if args:
+        return (to_column_major(args[0]), *args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": to_column_major(kwargs["hidden_states"])}
+    raise ValueError(f"{type(module).__name__} was called without a positional input or hidden_states=: "
+                     f"nothing to turn column-major")
+
+
+def column_major_stream_(model: nn.Module, first_block: str) -> Report:
+    """Keep `model`'s residual stream column-major from the input of `first_block` (e.g. ``"blocks.0"`` for timm's
+    ViT, ``"layers.0"`` for a Hugging Face decoder) on, in place; returns a `Report` for the block and every norm
+    (swapped, or why it was left)."""
+    from sparsity_lab.sparsify import LayerReport, Report
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        block = model.get_submodule(first_block)
+    except AttributeError as err:
+        raise ValueError(f"first_block={first_block!r} is not a submodule of the model; nothing was changed") from err
+    if is_streamed(model):
+        raise ValueError("the model's residual stream is already column-major; nothing was changed")
+    norms = {fqn: m for fqn, m in model.named_modules()
+             if isinstance(m, nn.LayerNorm | nn.RMSNorm) or type(m).__name__.endswith("RMSNorm")}
+    report = Report({first_block: LayerReport(True, "its hidden-state input turned column-major (one copy a call)")})
+    swaps = {}
+    for fqn, norm in norms.items():
+        reason = unfit(norm)
+        report[fqn] = LayerReport(not reason, f"left as it is: {reason}" if reason
+                                  else "ColumnMajorNorm: keeps the layout it is given")
+        if not reason:
+            swaps[fqn] = ColumnMajorNorm.from_norm(norm)
+    for fqn, swapped in swaps.items():
+        parent, _, child = fqn.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, swapped)
+    setattr(block, _HOOK, block.register_forward_pre_hook(_entry, with_kwargs=True))
+    return report
+
+
+def remove_column_major_stream_(model: nn.Module) -> None:
+    """Undo `column_major_stream_`: the entry hook removed, the norms left (row-major inputs compute as before)."""
+    for module in model.modules():
+        handle = module.__dict__.pop(_HOOK, None)
+        if handle is not None:
+            handle.remove()
+
+
+def is_streamed(model: nn.Module) -> bool:
+    """Whether `column_major_stream_` was applied to `model` (and not removed)."""
+    return any(_HOOK in m.__dict__ for m in model.modules())
