@@ -13,7 +13,13 @@ from torch import nn
 
 from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, norm_t_reference, to_column_major
 from sparsity_lab.models.encoder import Encoder
-from sparsity_lab.models.stream import column_major_stream_, is_streamed, remove_column_major_stream_
+from sparsity_lab.models.stream import (
+    column_major_stream_,
+    is_streamed,
+    layout,
+    layouts,
+    remove_column_major_stream_,
+)
 from sparsity_lab.semi24.layer import Semi24Linear
 from sparsity_lab.sparsify import Semi24Config, sparsify_
 
@@ -128,24 +134,19 @@ def _streamed(depth: int = 2) -> tuple[nn.Module, nn.Module]:
 
 def test_streamed_encoder_computes_the_same_and_copies_nothing_inside() -> None:
     reference, model = _streamed()
-    seen: dict[str, tuple[bool, bool]] = {}
-
-    def watch(name: str):  # noqa: ANN202
-        def hook(_module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            seen[name] = (columns(args[0]) is not None, columns(out) is not None)
-        return hook
-
-    for fqn, module in model.named_modules():
-        if fqn.endswith(("norm1", "norm2", "qkv", "proj", "fc1", "fc2")):
-            module.register_forward_hook(watch(fqn))
     x = torch.randn(3, 10, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    seen = layouts(model, (x,))
+    before = layouts(reference, (x,))
+    col, row = "column-major", "row-major"
     for block in ("blocks.0", "blocks.1"):
-        assert seen[f"{block}.norm1"] == (True, True) and seen[f"{block}.norm2"] == (True, True)
-        assert seen[f"{block}.attn.qkv"] == (True, False)  # reads x transposed, writes row-major for attention
-        assert seen[f"{block}.attn.proj"][1] and seen[f"{block}.mlp.fc1"] == (True, True)
-        assert seen[f"{block}.mlp.fc2"] == (True, True)
+        assert seen[f"{block}.norm1"] == seen[f"{block}.norm2"] == (col, col)
+        assert seen[f"{block}.attn.qkv"] == (col, row)  # reads x transposed, writes row-major for attention
+        assert seen[f"{block}.attn.proj"] == (row, col) and seen[f"{block}.mlp.fc1"] == (col, col)
+        assert seen[f"{block}.mlp.fc2"] == (col, col)
+        assert before[f"{block}.norm1"] == (row, row)  # the model without a stream: row-major throughout
+    assert layout(torch.randn(4, 6)[:, :3]) == "strided" and layout(None) == "NoneType"
 
 
 def test_stream_refuses_a_missing_block_or_a_second_stream_and_changes_nothing() -> None:
@@ -210,7 +211,7 @@ def test_streamed_hugging_face_llama_computes_the_same() -> None:
         reference = model(ids, use_cache=False).last_hidden_state
         report = column_major_stream_(model, "layers.0")
         assert report["layers.1.post_attention_layernorm"].changed and report["norm"].changed
-        for fqn, layer in model.named_modules():
+        for layer in model.modules():
             if isinstance(layer, Semi24Linear):  # q, k, v too: attention gets them as a 2:4 layer leaves them
                 layer.mode = "dense-colmajor"
         out = model(ids, use_cache=False).last_hidden_state

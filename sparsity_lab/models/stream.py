@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
-from sparsity_lab.models.column_major_norm import ColumnMajorNorm, to_column_major, unfit
+from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, to_column_major, unfit
 
 if TYPE_CHECKING:
     from sparsity_lab.sparsify import Report
@@ -88,3 +89,32 @@ def remove_column_major_stream_(model: nn.Module) -> None:
 def is_streamed(model: nn.Module) -> bool:
     """Whether `column_major_stream_` was applied to `model` (and not removed)."""
     return any(_HOOK in m.__dict__ for m in model.modules())
+
+
+def layout(x: object) -> str:
+    """"row-major", "column-major" (over the flattened tokens, as a 2:4 layer writes) or "strided" for a tensor."""
+    if not isinstance(x, torch.Tensor):
+        return type(x).__name__
+    if x.is_contiguous():
+        return "row-major"
+    return "column-major" if columns(x) is not None else "strided"
+
+
+def layouts(model: nn.Module, example: tuple, kinds: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.RMSNorm,
+                                                                      ColumnMajorNorm)) -> dict[str, tuple[str, str]]:
+    """{module name: (the layout of its input, of its output)} for each module of `kinds` (swapped linears are
+    found by their ``in_features``), from one call of `model` on `example`: where a stream is copied and where not."""
+    seen: dict[str, tuple[str, str]] = {}
+    handles = []
+    for fqn, module in model.named_modules():
+        if isinstance(module, kinds) or (hasattr(module, "in_features") and hasattr(module, "mode")):
+            def hook(_module: nn.Module, args: tuple, out: object, fqn: str = fqn) -> None:
+                seen.setdefault(fqn, (layout(args[0]) if args else "keyword", layout(out)))
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
