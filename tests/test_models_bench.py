@@ -31,6 +31,17 @@ def test_kernels_are_classified_by_name(name: str, kind: str) -> None:
     assert classify_kernel(name) == kind
 
 
+def test_kernel_times_sum_by_class_and_the_longest_are_named() -> None:
+    from sparsity_lab.models.profile import breakdown, top_kernels
+
+    kernels = {"sm90_xmma_sparse_gemm_bf16": 2.0, "nvjet_sm90_tst_256x128": 1.5, "_norm_t_kernel": 0.25,
+               "vectorized_layer_norm_kernel": 0.5, "GeluCUDAKernelImpl": 0.125}
+    assert breakdown(kernels) == {"2:4 GEMM": 2.0, "dense GEMM": 1.5, "norms": 0.75, "other": 0.125}
+    top = top_kernels(kernels, 2)
+    assert [k["kernel"] for k in top] == ["sm90_xmma_sparse_gemm_bf16", "nvjet_sm90_tst_256x128"]
+    assert top[1]["class"] == "dense GEMM" and top[1]["ms"] == 1.5
+
+
 def test_predicted_ms_is_amdahl_with_the_layout_bill() -> None:
     profile = {"dense GEMM": 20.0, "other": 10.0}
     assert predicted_ms(profile, 2.0) == pytest.approx(20.0)

@@ -20,8 +20,9 @@ transformers from the ``models`` extra):
   PyTorch's on a row-major and on a column-major input.
 
 Every variant is first checked against the dense model with the same pruned weights (relative error of the
-output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). Four of the ViT variants are profiled
-(`profile_breakdown`: CUDA time per forward in GEMMs, 2:4 GEMMs, layout copies, attention, norms, the rest).
+output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). The dense, 2:4 and column-major-stream
+ViT variants are profiled (`models.profile`: CUDA time per forward in GEMMs, 2:4 GEMMs, layout copies, attention,
+norms, the rest, and the 15 kernels that took longest, by name).
 Results are saved after every variant, so a run cut short keeps what it measured. `--variants fp8,block` runs
 only the variants whose names contain one of the words (and dense, their baseline); `--update` keeps the rows
 of the results file that this run does not measure again, so a run can be split into several; `--phases decode`
@@ -45,7 +46,7 @@ from sparsity_lab.checks import relative_error
 from sparsity_lab.course.results import RECORDED_DIR, load_results, record_environment, save_results
 from sparsity_lab.dispatch import group_name, tunable_layers, tune_
 from sparsity_lab.models.column_major_norm import norm_speed
-from sparsity_lab.models.profile import profile_breakdown
+from sparsity_lab.models.profile import breakdown, kernel_times, top_kernels
 from sparsity_lab.models.stream import column_major_stream_
 from sparsity_lab.semi24.matmul import prune24
 from sparsity_lab.sparsify import BlockSparseConfig, Fp8Config, Int8Config, Semi24Config, sparsify_
@@ -141,7 +142,7 @@ class Recorder:
             self.figures["failures"].append(dict(row))
         row["seconds"] = round(time.time() - start, 1)
         self.figures[section].append(row)
-        self.log(str({k: v for k, v in row.items() if k not in ("profile", "tuning", "failure")}))
+        self.log(str({k: v for k, v in row.items() if k not in ("profile", "kernels", "tuning", "failure")}))
         if "failure" in row:
             self.log(row["failure"][-600:])
         self.save()
@@ -183,7 +184,7 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
         recorder.variant("vit", {**common, "variant": variant, **extra}, run, lambda: _timed(base, x))
 
     def dense_run() -> dict[str, Any]:
-        return {"ms": _timed(base, x), "profile": profile_breakdown(lambda: _no_grad(base, x))}
+        return {"ms": _timed(base, x), **_profiled(base, x)}
 
     record("dense", dense_run, compiled=False)
     record("dense", lambda: {"ms": _timed(_compile(base), x)}, compiled=True)
@@ -208,8 +209,7 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
         error = _checked(ours, reference, x, MAX_RELATIVE_ERROR["other"])
         run = _compile(ours) if compiled else ours
         out = {"rel_error": error, "ms": _timed(run, x), "swapped": swapped}
-        out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
-        return out
+        return out | _profiled(run, x)
 
     def tuned(compiled: bool) -> dict[str, Any]:
         tuning = tune_(ours, x, block="blocks.0", compiled=compiled)
@@ -218,8 +218,7 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
         out = {"rel_error": error, "ms": _timed(run, x), "swapped": swapped,
                "modes": _group_modes(ours),
                "tuning": {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("blocks.0.")}}
-        out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
-        return out
+        return out | _profiled(run, x)
 
     def streamed(compiled: bool) -> dict[str, Any]:
         model = copy.deepcopy(base)
@@ -229,8 +228,7 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
         out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["other"]), "modes": modes}
         run = _compile(model) if compiled else model
         out["ms"] = _timed(run, x)
-        out["profile"] = profile_breakdown(lambda: _no_grad(run, x))
-        return out
+        return out | _profiled(run, x)
 
     record("ours 2:4 untuned", lambda: untuned(False), compiled=False)
     record("ours 2:4 untuned", lambda: untuned(True), compiled=True)
@@ -286,6 +284,12 @@ def _tuned_modes(model: nn.Module, x: tuple, compiled: bool = False) -> dict[str
 def _group_modes(model: nn.Module) -> dict[str, str]:
     """{`dispatch.group_name`: mode} of the model's tunable layers (one entry per group)."""
     return {group_name(fqn, layer): layer.mode for fqn, layer in tunable_layers(model).items()}
+
+
+def _profiled(model: Callable, inputs: tuple) -> dict[str, Any]:
+    """CUDA time per forward by kernel class ("profile") and the kernels that took longest ("kernels")."""
+    kernels = kernel_times(lambda: _no_grad(model, inputs))
+    return {"profile": breakdown(kernels), "kernels": top_kernels(kernels)}
 
 
 def _no_grad(model: Callable, inputs: tuple) -> object:

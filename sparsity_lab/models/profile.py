@@ -1,9 +1,10 @@
 """Where a forward's time goes: CUDA kernels sorted into classes from a profile, and what a sparse swap can then
 save (Amdahl's law with the layout bill: only the GEMMs speed up, and re-layouts add time).
 
-`profile_breakdown(fn)` profiles a call and sums CUDA time per class (`KERNEL_CLASSES`: 2:4 GEMMs, dense GEMMs,
-layout copies, attention, norms, the rest); `predicted_ms(profile, gemm_speedup, ...)` turns a dense profile into
-the time a swap would take. Exercise 09 asks for the same prediction.
+`kernel_times(fn)` profiles a call (CUDA ms per kernel), `breakdown` sums them per class (`KERNEL_CLASSES`: 2:4
+GEMMs, dense GEMMs, layout copies, attention, norms, the rest) and `top_kernels` names the kernels behind the
+totals; `predicted_ms(profile, gemm_speedup, ...)` turns a dense profile into the time a swap would take.
+Exercise 09 asks for the same prediction.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def classify_kernel(name: str) -> str:
     return "other"
 
 
-def profile_breakdown(fn: Callable[[], object], calls: int = 3) -> dict[str, float]:
-    """CUDA milliseconds per call of `fn` by kernel class (torch.profiler over `calls` calls after one warm-up)."""
+def kernel_times(fn: Callable[[], object], calls: int = 3) -> dict[str, float]:
+    """CUDA milliseconds per call of `fn` by kernel name (torch.profiler over `calls` calls after one warm-up)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -40,13 +41,27 @@ def profile_breakdown(fn: Callable[[], object], calls: int = 3) -> dict[str, flo
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    totals: dict[str, float] = {}
+    times: dict[str, float] = {}
     for event in prof.key_averages():
         cuda_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
         if cuda_us and event.key:
-            label = classify_kernel(event.key)
-            totals[label] = totals.get(label, 0.0) + cuda_us / 1e3 / calls
+            times[event.key] = times.get(event.key, 0.0) + cuda_us / 1e3 / calls
+    return times
+
+
+def breakdown(kernels: dict[str, float]) -> dict[str, float]:
+    """Kernel times (name -> ms) summed by class (`classify_kernel`)."""
+    totals: dict[str, float] = {}
+    for name, ms in kernels.items():
+        label = classify_kernel(name)
+        totals[label] = totals.get(label, 0.0) + ms
     return {label: round(ms, 3) for label, ms in sorted(totals.items())}
+
+
+def top_kernels(kernels: dict[str, float], n: int = 15) -> list[dict[str, object]]:
+    """The `n` kernels that took longest, each with its class and ms: what a class's total is made of."""
+    ranked = sorted(kernels.items(), key=lambda item: -item[1])[:n]
+    return [{"kernel": name[:160], "class": classify_kernel(name), "ms": round(ms, 3)} for name, ms in ranked]
 
 
 def predicted_ms(profile: dict[str, float], gemm_speedup: float, sparse_fraction: float = 1.0,
