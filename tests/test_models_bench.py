@@ -140,6 +140,16 @@ def test_recording_holds_checked_rows(recorded) -> None:
     assert not recorded.figures["failures"]
 
 
+def test_llama_figure_compares_compiled_with_compiled() -> None:
+    pytest.importorskip("plotly")
+    step = {"dtype": "bfloat16", "phase": "decode step (CUDA graph)", "batch": 1}
+    rows = [{**step, "variant": "dense", "ms": 1.0}, {**step, "variant": "dense", "ms": 0.5, "compiled": True},
+            {**step, "variant": "ours 2:4", "ms": 0.8}, {**step, "variant": "ours 2:4", "ms": 0.4, "compiled": True}]
+    bars = plots.llama_figure(rows).data[0]
+    assert list(bars.x) == ["decode step, batch 1", "decode step, batch 1, compiled"]
+    assert list(bars.y) == pytest.approx([1.25, 1.25])
+
+
 def test_figures_from_the_recording(recorded) -> None:
     pytest.importorskip("plotly")
     vit, llama = recorded.figures["vit"], recorded.figures["llama"]

@@ -284,6 +284,30 @@ def test_block_sparse_model_compiles_whole_through_the_bsr_op() -> None:
     torch._dynamo.reset()
 
 
+def test_block_sparse_model_in_decode_mode_keeps_the_decode_kernel_compiled() -> None:
+    """A compiled decode step keeps the decode kernel: the op is traced with variant "decode" and the layer's
+    widest block-row (no host sync inside a CUDA graph); on the CPU the op computes the same product densely."""
+    from sparsity_lab import BlockSparseConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 128))
+    dense = copy.deepcopy(model)
+    sparsify_(model, BlockSparseConfig(64, max_density=1.0))
+    for layer in (model[0], model[2]):
+        layer.mode = "decode"
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        calls = [line for line in explained.graphs[0].code.splitlines() if "bsr_linear" in line]
+        widest = [f"'decode', {layer.max_row_blocks})" for layer in (model[0], model[2])]
+        assert len(calls) == 2 and all(w in line for w, line in zip(widest, calls, strict=True)), calls
+        assert widest == ["'decode', 2)", "'decode', 4)"]  # 128 and 256 input features: 2 and 4 blocks a row
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), dense(x), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
 def test_block_sparse_model_in_dense_mode_compiles_without_graph_breaks() -> None:
     from sparsity_lab import BlockSparseConfig
 

@@ -187,7 +187,8 @@ class BlockSparseLinear(nn.Module):
 
     def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
         """What ``torch.compile`` traces: the custom op `block.ops.bsr_linear` (our kernel; backend "auto" runs its
-        default variant, as the dispatcher cannot measure inside a trace), or dense for backend "dense" and for
+        default variant, as the dispatcher cannot measure inside a trace; "decode" the decode kernel at 1-64
+        tokens), or dense for backend "dense" and for
         inputs that need grad."""
         from sparsity_lab.block.kernel import DEFAULT_VARIANT
 
@@ -198,9 +199,9 @@ class BlockSparseLinear(nn.Module):
             # would check the BSR with host syncs, a graph break in every layer
             weight = self._dense_cache[1] if self._dense_cache is not None else self.dense_weight()
             return F.linear(x2d, weight.to(x.dtype), bias).reshape(*x.shape[:-1], self.out_features)
-        variant = DEFAULT_VARIANT if self.backend in ("auto", "triton", "decode") else self.backend
+        variant = DEFAULT_VARIANT if self.backend in ("auto", "triton") else self.backend
         y = torch.ops.sparsity_lab.bsr_linear(x2d, self.crow_indices, self.col_indices, self.values.to(x.dtype),
-                                              bias, self.out_features, variant)
+                                              bias, self.out_features, variant, self.max_row_blocks)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,14 @@ transformers from the ``models`` extra):
   group's mode from timings of one transformer block, eager or compiled), eager and compiled; int8 2:4
   (`Int8Config`) and FP8 e4m3 2:4 (`Fp8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%,
   `BlockSparseConfig`); the int8, FP8 and block swaps also tuned by `tune_` (each group may stay dense).
-* **Llama-3-8B-shaped decoder** (``transformers`` ``LlamaForCausalLM`` from a config: hidden 4096, MLP 14336,
-  32 heads, 8 KV heads; `--llama-layers` layers, random weights; the decoder stack without the LM head): prefill
-  of 2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed
-  from a CUDA graph (`semi24.layer.capture`; no KV cache, so attention covers the new token only and the step
-  is the weight-bandwidth-bound part of decode). Variants: dense, ours 2:4 (`tune_` at each shape: eager for
-  prefill, from CUDA graphs for decode, where the decode kernels are candidates), ours 2:4 with a column-major
-  stream (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for decode).
+* **Llama-3-8B-shaped decoder** (``transformers`` ``LlamaForCausalLM`` from a config: hidden 4096, MLP 14336, 32
+  heads, 8 KV heads; `--llama-layers` layers, random weights; the decoder stack without the LM head): prefill of
+  2048 tokens at batch 1 and 8, and one decode step of 1 new token per sequence at batch 1 and 16, replayed from a
+  CUDA graph (`semi24.layer.capture`; no KV cache, so attention covers the new token only and the step is the
+  weight-bandwidth-bound part of decode; `--phases decode-compiled`: the same steps compiled by ``torch.compile``
+  before capture, where Inductor fuses the small kernels around the linears). Variants: dense, ours 2:4 (`tune_` at
+  each shape: eager for prefill, from CUDA graphs for decode, where the decode kernels are candidates), ours 2:4
+  with a column-major stream (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for decode).
 * **Norms** at both models' shapes: the column-major norm kernel (`models.column_major_norm.norm_speed`) against
   PyTorch's on a row-major and on a column-major input.
 
@@ -336,25 +337,36 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
                 out["ms"] = _timed(call, ids)
                 return out
 
+            twin = block_dense if "block" in name else base  # the dense model with the same weights, timed after
             recorder.variant("llama", {**common, "phase": "prefill", "batch": batch, "tokens": 2048,
-                                       "variant": name}, prefill)
-    for batch in (1, 16) if "decode" in phases else ():
-        ids = torch.randint(0, 128256, (batch, 1), device=device, generator=generator)
-        for name, model in (("dense", base), ("ours 2:4", ours), ("dense block-pruned", block_dense),
-                            ("ours block 64 90% MLP", block_ours)):
-            def decode(model: nn.Module = model, ids: torch.Tensor = ids, batch: int = batch, name: str = name
-                       ) -> dict[str, Any]:
-                out: dict[str, Any] = {}
-                if name.startswith("ours"):  # tuned again for this step, timed as it will run: from a CUDA graph
-                    tuning = tune_(model, (ids,), block="layers.0", graphs=True)
-                    out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
-                with torch.no_grad():
-                    graph = capture(lambda ids: hidden(model(ids, use_cache=False)), ids)
-                step = bench_ms(lambda: graph(ids), rep_ms=300.0)
-                return out | {"ms": step, "tokens_per_s": batch / step * 1e3}
+                                       "variant": name}, prefill,
+                             lambda twin=twin, ids=ids: _timed(lambda i: twin(i, use_cache=False), ids))
+    decodes = [compiled for compiled, phase in ((False, "decode"), (True, "decode-compiled")) if phase in phases]
+    for compiled in decodes:
+        for batch in (1, 16):
+            ids = torch.randint(0, 128256, (batch, 1), device=device, generator=generator)
+            for name, model in (("dense", base), ("ours 2:4", ours), ("dense block-pruned", block_dense),
+                                ("ours block 64 90% MLP", block_ours)):
+                def decode(model: nn.Module = model, ids: torch.Tensor = ids, batch: int = batch, name: str = name,
+                           compiled: bool = compiled) -> dict[str, Any]:
+                    out: dict[str, Any] = {}
+                    if name.startswith("ours"):  # tuned again for this step, timed as it will run: from a CUDA graph
+                        tuning = tune_(model, (ids,), block="layers.0", graphs=True)
+                        out["tuning"] = {fqn: e.what for fqn, e in tuning.items() if fqn.startswith("layers.0.")}
+                    step = lambda ids: hidden(model(ids, use_cache=False))  # noqa: E731
+                    if compiled:  # Inductor fuses the small kernels around the linears; compiled before capture
+                        torch._dynamo.reset()
+                        step = torch.compile(step)
+                        with torch.no_grad():
+                            step(ids)
+                    with torch.no_grad():
+                        graph = capture(step, ids)
+                    ms = bench_ms(lambda: graph(ids), rep_ms=300.0)
+                    return out | {"ms": ms, "tokens_per_s": batch / ms * 1e3}
 
-            recorder.variant("llama", {**common, "phase": "decode step (CUDA graph)", "batch": batch,
-                                       "variant": name}, decode)
+                recorder.variant("llama", {**common, "phase": "decode step (CUDA graph)", "batch": batch,
+                                           "variant": name, "compiled": compiled}, decode)
+    torch._dynamo.reset()
 
 
 def run_norms(dtype: torch.dtype, recorder: Recorder) -> None:
@@ -397,15 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
     parser.add_argument("--variants", default="", help="comma-separated words: run only variants named with one")
     parser.add_argument("--update", action="store_true", help="keep the results file's rows not measured again")
-    parser.add_argument("--phases", default="prefill,decode", help="Llama phases, comma-separated: prefill, decode")
+    parser.add_argument("--phases", default="prefill,decode",
+                        help="Llama phases, comma-separated: prefill, decode, decode-compiled")
     args = parser.parse_args(argv)
     device = resolve_device("cuda", f"{NAME}.json")
     if device is None:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
     phases = tuple(args.phases.split(","))
-    if not set(phases) <= {"prefill", "decode"}:
-        parser.error(f"--phases takes prefill and/or decode, got {args.phases!r}")
+    if not set(phases) <= {"prefill", "decode", "decode-compiled"}:
+        parser.error(f"--phases takes prefill, decode and/or decode-compiled, got {args.phases!r}")
     only = tuple(word for word in args.variants.split(",") if word)
     recorder = Recorder(args.out, device, lambda line: print(line, flush=True), only, args.update)
     for dtype_name in args.dtypes.split(","):

@@ -63,22 +63,26 @@ def profile_figure(rows: Sequence[dict[str, Any]], dtype: str = "bfloat16", capt
 
 
 def llama_figure(rows: Sequence[dict[str, Any]], caption: str = "", title: str = "") -> Any:
-    """Grouped bars: speed-up over dense per Llama-shaped phase and batch, one bar per variant and dtype."""
+    """Grouped bars: speed-up over dense (eager over eager, compiled over compiled) per Llama-shaped phase and batch,
+    one bar per variant and dtype."""
     timed = [r for r in rows if "ms" in r]
     if not timed:
         raise ValueError("rows hold no timed Llama row")
-    dense = {(r["dtype"], r["phase"], r["batch"]): r["ms"] for r in timed if r["variant"] == "dense"}
-    block_dense = {(r["dtype"], r["phase"], r["batch"]): r["ms"] for r in timed if r["variant"] == "dense block-pruned"}
+    def key(r: dict[str, Any]) -> tuple:
+        return r["dtype"], r["phase"], r["batch"], bool(r.get("compiled"))
+
+    dense = {key(r): r["ms"] for r in timed if r["variant"] == "dense"}
+    block_dense = {key(r): r["ms"] for r in timed if r["variant"] == "dense block-pruned"}
     fig = go().Figure()
     for dtype in dict.fromkeys(r["dtype"] for r in timed):
-        for variant in ("ours 2:4", "ours block 64 90% MLP"):
+        for variant in ("ours 2:4", "ours 2:4 column-major stream", "ours block 64 90% MLP"):
             mine = [r for r in timed if r["dtype"] == dtype and r["variant"] == variant]
             xs, ys = [], []
             for r in mine:
-                key = (r["dtype"], r["phase"], r["batch"])
-                base = block_dense.get(key, dense.get(key)) if "block" in variant else dense.get(key)
+                base = block_dense.get(key(r), dense.get(key(r))) if "block" in variant else dense.get(key(r))
                 if base:
-                    xs.append(f"{r['phase'].split(' (')[0]}, batch {r['batch']}")
+                    how = ", compiled" if r.get("compiled") else ""
+                    xs.append(f"{r['phase'].split(' (')[0]}, batch {r['batch']}{how}")
                     ys.append(base / r["ms"])
             if xs:
                 fig.add_trace(go().Bar(x=xs, y=ys, name=f"{variant}, {dtype}", text=[f"{y:.2f}x" for y in ys],
