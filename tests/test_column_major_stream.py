@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsity_lab.models.column_major_attention import ColumnMajorAttention
 from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, norm_t_reference, to_column_major
 from sparsity_lab.models.encoder import Encoder
 from sparsity_lab.models.stream import (
@@ -31,6 +32,9 @@ CASES = [(64, 40, "float32", False, True, 0), (96, 33, "float16", True, True, 0)
 # two passes over tokens of mean 1000 and std 1, where sums of squares would cancel
 SHIFTED = (3000, 9, "float32", False, True, 0)
 TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
+# attention: (images, tokens, heads, head_dim, dtype, block_m, block_n); sequences that fit no block, ViT-L's head
+ATTENTION_CASES = [(2, 37, 2, 16, "float16", 32, 16), (3, 20, 4, 32, "bfloat16", 64, 64),
+                   (1, 70, 1, 64, "float16", 64, 32), (2, 65, 2, 64, "bfloat16", 32, 64)]
 
 
 def _run_cases() -> dict[str, float]:
@@ -50,12 +54,26 @@ def _run_cases() -> dict[str, float]:
         ok = y.shape == d.shape and y.is_contiguous() and y.dtype == dtype
         errors[f"{c}x{m} {name} rms={rms} shift={shift}"] = (
             float((y.double() - ref).norm() / ref.norm()) if ok else 1.0)
+    from sparsity_lab.models.column_major_attention import attention_t, attention_t_reference
+
+    for images, tokens, heads, head_dim, name, block_m, block_n in ATTENTION_CASES:
+        gen = torch.Generator().manual_seed(images * tokens)
+        d = torch.randn(3 * heads * head_dim, images * tokens, generator=gen).to(getattr(torch, name))
+        o = attention_t(d, images, heads, block_m, block_n)
+        ref = attention_t_reference(d.double(), images, heads)
+        ok = o.shape == ref.shape and o.is_contiguous() and o.dtype == d.dtype
+        errors[f"attention {images}x{tokens} heads {heads}x{head_dim} {name}"] = (
+            float((o.double() - ref).norm() / ref.norm()) if ok else 1.0)
     return errors
 
 
-def test_norm_kernel_in_triton_interpreter(interpreted) -> None:
+def test_norm_and_attention_kernels_in_triton_interpreter(interpreted) -> None:
     errors = interpreted(__file__)
-    assert len(errors) == len(CASES) + 1
+    attention = {case: error for case, error in errors.items() if case.startswith("attention")}
+    errors = {case: error for case, error in errors.items() if case not in attention}
+    assert len(errors) == len(CASES) + 1 and len(attention) == len(ATTENTION_CASES)
+    for (*_, name, _, _), case in zip(ATTENTION_CASES, attention, strict=True):
+        assert attention[case] < TOLERANCE[name], (case, attention[case])
     for (_, _, name, *_), case in zip(CASES, errors, strict=False):
         assert errors[case] < TOLERANCE[name], (case, errors[case])
     # float32 itself leaves about 3e-5 here (the mean of values near 1000 is rounded); E[x²] - mean² would leave 1e-2
@@ -115,6 +133,17 @@ def test_norm_refuses_what_it_does_not_know_naming_it() -> None:
     with pytest.raises(ValueError, match="expects 8 features"):
         ColumnMajorNorm.from_norm(nn.LayerNorm(8))(torch.randn(2, 9))
 
+    class LayerNormFp32(nn.LayerNorm):  # computes something else than nn.LayerNorm
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.float()).to(x.dtype)
+
+    class Plain(nn.LayerNorm):  # only a new name
+        pass
+
+    with pytest.raises(ValueError, match="LayerNormFp32 overrides LayerNorm's forward"):
+        ColumnMajorNorm.from_norm(LayerNormFp32(8))
+    assert ColumnMajorNorm.from_norm(Plain(8)).kind == "layer_norm"
+
 
 def _streamed(depth: int = 2) -> tuple[nn.Module, nn.Module]:
     """Our encoder, and a copy swapped to 2:4 with a column-major stream: qkv dense (row-major q, k, v for
@@ -147,6 +176,55 @@ def test_streamed_encoder_computes_the_same_and_copies_nothing_inside() -> None:
         assert seen[f"{block}.mlp.fc2"] == (col, col)
         assert before[f"{block}.norm1"] == (row, row)  # the model without a stream: row-major throughout
     assert layout(torch.randn(4, 6)[:, :3]) == "strided" and layout(None) == "NoneType"
+
+
+def test_streamed_attention_reads_a_column_major_qkv_as_it_lies() -> None:
+    reference, model = _streamed()
+    for fqn, layer in model.named_modules():
+        if fqn.endswith("qkv"):
+            layer.mode = "dense-colmajor"  # the layout a 2:4 qkv writes
+    x = torch.randn(3, 10, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        explained = torch._dynamo.explain(model)(x)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graphs[0].code.count("sparsity_lab.attention_t") == 2
+    seen = layouts(model, (x,))
+    assert seen["blocks.0.attn.qkv"] == ("column-major", "column-major") and isinstance(
+        model.blocks[0].attn, ColumnMajorAttention)
+    assert seen["blocks.0.attn"] == ("column-major", "column-major")  # in from norm1, out from proj
+    assert seen["blocks.0.attn.proj"] == ("row-major", "column-major")
+
+
+class Attention(nn.Module):
+    """timm's ViT attention, as far as `ColumnMajorAttention` looks: qkv, proj, heads, norms, gate, dropout."""
+
+    def __init__(self, q_norm: nn.Module | None = None, gate: bool = False, drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads, self.qkv, self.proj = 2, nn.Linear(32, 96), nn.Linear(32, 32)
+        self.q_norm, self.k_norm, self.norm = q_norm or nn.Identity(), nn.Identity(), nn.Identity()
+        self.gate = nn.Linear(32, 32) if gate else None
+        self.attn_drop, self.proj_drop = nn.Dropout(drop), nn.Dropout(0.0)
+
+
+def test_attention_refuses_what_it_does_not_know_saying_why() -> None:
+    from sparsity_lab.models.column_major_attention import check_operands
+
+    assert ColumnMajorAttention.from_attention(Attention()).heads == 2
+    for bad, why in ((Attention(q_norm=nn.LayerNorm(16)), "has a q_norm"), (Attention(gate=True), "gated"),
+                     (Attention(drop=0.1), "attn_drop > 0"), (nn.MultiheadAttention(32, 2), "is not an attention")):
+        with pytest.raises(ValueError, match=why):
+            ColumnMajorAttention.from_attention(bad)
+    model = nn.Sequential(nn.Linear(32, 32), Attention(gate=True))
+    report = column_major_stream_(model, "0")
+    assert not report["1"].changed and "gated" in report["1"].what and isinstance(model[1], Attention)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        check_operands(torch.zeros(96, 10), 2, 5)
+    with pytest.raises(ValueError, match="3 images"):
+        check_operands(torch.zeros(96, 10), 3, 2)
+    with pytest.raises(ValueError, match="power of two"):
+        check_operands(torch.zeros(72, 10), 2, 2)
 
 
 def test_stream_refuses_a_missing_block_or_a_second_stream_and_changes_nothing() -> None:

@@ -17,8 +17,9 @@ transformers from the ``models`` extra):
   before capture, where Inductor fuses the small kernels around the linears). Variants: dense, ours 2:4 (`tune_` at
   each shape: eager for prefill, from CUDA graphs for decode, where the decode kernels are candidates), ours 2:4
   with a column-major stream (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for decode).
-* **Norms** at both models' shapes: the column-major norm kernel (`models.column_major_norm.norm_speed`) against
-  PyTorch's on a row-major and on a column-major input.
+* **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`) at
+  both models' shapes and the attention that reads a 2:4 qkv's output (`models.column_major_attention.
+  attention_speed`) at ViT-L's, against PyTorch's on the layout a dense model has, per block size.
 
 Every variant is first checked against the dense model with the same pruned weights (relative error of the
 output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). The dense, 2:4 and column-major-stream
@@ -46,6 +47,7 @@ from torch import nn
 from sparsity_lab.checks import relative_error
 from sparsity_lab.course.results import RECORDED_DIR, load_results, record_environment, save_results
 from sparsity_lab.dispatch import group_name, tunable_layers, tune_
+from sparsity_lab.models.column_major_attention import attention_speed
 from sparsity_lab.models.column_major_norm import norm_speed
 from sparsity_lab.models.profile import breakdown, kernel_times, top_kernels
 from sparsity_lab.models.stream import column_major_stream_
@@ -116,10 +118,10 @@ class Recorder:
     def __init__(self, out: Path, device: torch.device, log: Callable[[str], None], only: tuple[str, ...] = (),
                  update: bool = False) -> None:
         self.out, self.device, self.log, self.only = out, device, log, only
-        self.figures: dict[str, Any] = {"vit": [], "llama": [], "norms": [], "failures": []}
+        self.figures: dict[str, Any] = {"vit": [], "llama": [], "stream": [], "failures": []}
         if update and out.exists():
             kept = load_results(out).figures
-            self.figures.update({section: kept.get(section, []) for section in ("vit", "llama", "norms", "failures")})
+            self.figures.update({section: kept.get(section, []) for section in ("vit", "llama", "stream", "failures")})
 
     def save(self) -> None:
         save_results(NAME, self.figures, self.out, record_environment(self.device))
@@ -369,16 +371,22 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
     torch._dynamo.reset()
 
 
-def run_norms(dtype: torch.dtype, recorder: Recorder) -> None:
-    """The column-major norm against PyTorch's at ViT-L's (LayerNorm) and the Llama-shaped prefill's (RMSNorm)
-    shapes, at each of its token blocks."""
+def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
+    """The column-major stream's kernels alone, against PyTorch's on the layout a dense model has: the norm at
+    ViT-L's (LayerNorm) and the Llama-shaped prefill's (RMSNorm) shapes per token block, and the attention that
+    reads a 2:4 qkv's output at ViT-L's shape per (query, key) block."""
+    name = str(dtype).replace("torch.", "")
     for tokens, features, rms in ((25216, 1024, False), (16384, 4096, True)):
         for block_m in (0, 16, 32, 64):
-            row = {"model": "norm", "dtype": str(dtype).replace("torch.", ""), "phase": f"{tokens}x{features}",
-                   "batch": block_m, "variant": f"column-major {'RMSNorm' if rms else 'LayerNorm'}",
-                   "compiled": False, "tokens": tokens, "features": features, "block_m": block_m or "default"}
-            recorder.variant("norms", row, lambda t=tokens, f=features, r=rms, b=block_m: norm_speed(
+            row = {"model": "norm", "dtype": name, "phase": f"{tokens}x{features}", "compiled": False,
+                   "variant": f"column-major {'RMSNorm' if rms else 'LayerNorm'}, block_m {block_m or 'default'}"}
+            recorder.variant("stream", row, lambda t=tokens, f=features, r=rms, b=block_m: norm_speed(
                 t, f, dtype, r, block_m=b))
+    for block_m, block_n in ((64, 64), (128, 64), (64, 32), (32, 64)):
+        row = {"model": "attention", "dtype": name, "phase": "128 images x 197 tokens, 16 heads x 64",
+               "variant": f"column-major attention, block {block_m} x {block_n}", "compiled": False}
+        recorder.variant("stream", row, lambda m=block_m, n=block_n: attention_speed(
+            dtype=dtype, block_m=m, block_n=n))
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -403,7 +411,8 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparsity-lab bench models", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="vit,llama,norms", help="comma-separated: vit, llama, norms")
+    parser.add_argument("--models", default="vit,llama,stream",
+                        help="comma-separated: vit, llama, stream (the column-major stream's kernels)")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated: bfloat16, float16")
     parser.add_argument("--llama-layers", type=int, default=4, help="decoder layers of the Llama-shaped model")
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
@@ -427,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             run_vit(dtype, device, recorder)
         if "llama" in args.models:
             run_llama(dtype, device, recorder, args.llama_layers, phases)
-        if "norms" in args.models:
-            run_norms(dtype, recorder)
+        if "stream" in args.models:
+            run_stream_kernels(dtype, recorder)
     recorder.figures["speedups"] = speedups(recorder.figures["vit"] + recorder.figures["llama"])
     recorder.save()
     for row in recorder.figures["speedups"]:

@@ -212,6 +212,10 @@ class ColumnMajorNorm(nn.Module):
 def unfit(norm: nn.Module) -> str | None:
     """Why `ColumnMajorNorm.from_norm` cannot take `norm` (None when it can)."""
     if isinstance(norm, nn.LayerNorm | nn.RMSNorm):
+        base = nn.LayerNorm if isinstance(norm, nn.LayerNorm) else nn.RMSNorm
+        timm_layer_norm = type(norm).__name__ == "LayerNorm" and type(norm).__module__.startswith("timm.")
+        if type(norm).forward is not base.forward and not timm_layer_norm:  # timm's computes F.layer_norm too
+            return f"{type(norm).__name__} overrides {base.__name__}'s forward: what it computes is not known here"
         if len(norm.normalized_shape) != 1:
             return (f"{type(norm).__name__} over {tuple(norm.normalized_shape)}: only a norm over the last "
                     f"dimension keeps a layout")

@@ -5,21 +5,23 @@ residual add, the LayerNorm and attention must copy it, and those copies cost wh
 docs/performance/models.md). Turn the model around instead: store the residual stream itself column-major, from
 the input of its first block on. Then per block
 
-    norm1 (ColumnMajorNorm: reads and writes column-major)  ->  qkv: dense cuBLAS reads x transposed for free and
-    writes row-major q, k, v for attention (or 2:4 then one copy)  ->  attention  ->  proj: 2:4, y column-major
-    -> residual add, both column-major  ->  norm2  ->  fc1: 2:4 reads x in place  ->  GELU  ->  fc2: 2:4
-    -> residual add
+    norm1 (ColumnMajorNorm: reads and writes column-major)  ->  qkv: 2:4, D = qkvᵀ  ->  attention
+    (ColumnMajorAttention: reads q, k, v from D as it lies; or a dense qkv writes row-major q, k, v for SDPA)
+    ->  proj: 2:4, y column-major  ->  residual add, both column-major  ->  norm2  ->  fc1: 2:4 reads x in place
+    ->  GELU  ->  fc2: 2:4  ->  residual add
 
 and the only copy left is the one at the stream's entry. A dense layer that writes into the stream takes the
 mode "dense-colmajor" (cuBLAS writes yᵀ, the same layout at the same speed); `dispatch.tune_` chooses each
 group's mode by timing the streamed model, as for a row-major one.
 
-What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm``, ``LlamaRMSNorm``) is swapped
-for one sharing its weights, which keeps whichever layout it is given (so a norm before the stream computes as
-before); a forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
+What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm``, ``LlamaRMSNorm``) and, with
+``attention=True``, every self-attention `ColumnMajorAttention` takes (timm's ViT ``Attention``, our encoder's) is
+swapped for one sharing its weights, which takes either layout (so a norm before the stream computes as before);
+a forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
 ``hidden_states=``) column-major. Values are unchanged: the streamed model computes what it computed before, up to
 the order of float sums. All or nothing: a name that is not a submodule, or a model already streamed, is refused
-before anything changes. `remove_column_major_stream_` undoes it.
+before anything changes. `remove_column_major_stream_` undoes the entry hook; `layouts` shows what each norm,
+attention and linear reads and writes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, to_column_major, unfit
+from sparsity_lab.models import column_major_attention, column_major_norm
+from sparsity_lab.models.column_major_attention import ColumnMajorAttention
+from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, to_column_major
 
 if TYPE_CHECKING:
     from sparsity_lab.sparsify import Report
@@ -47,10 +51,11 @@ def _entry(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
                      f"nothing to turn column-major")
 
 
-def column_major_stream_(model: nn.Module, first_block: str) -> Report:
+def column_major_stream_(model: nn.Module, first_block: str, attention: bool = True) -> Report:
     """Keep `model`'s residual stream column-major from the input of `first_block` (e.g. ``"blocks.0"`` for timm's
-    ViT, ``"layers.0"`` for a Hugging Face decoder) on, in place; returns a `Report` for the block and every norm
-    (swapped, or why it was left)."""
+    ViT, ``"layers.0"`` for a Hugging Face decoder) on, in place; with `attention`, also swap the self-attention
+    modules `ColumnMajorAttention` takes, so a 2:4 qkv's output is read as it lies. Returns a `Report` for the
+    block, every norm and every attention (swapped, or why it was left)."""
     from sparsity_lab.sparsify import LayerReport, Report
 
     if not isinstance(model, nn.Module):
@@ -61,16 +66,21 @@ def column_major_stream_(model: nn.Module, first_block: str) -> Report:
         raise ValueError(f"first_block={first_block!r} is not a submodule of the model; nothing was changed") from err
     if is_streamed(model):
         raise ValueError("the model's residual stream is already column-major; nothing was changed")
-    norms = {fqn: m for fqn, m in model.named_modules()
-             if isinstance(m, nn.LayerNorm | nn.RMSNorm) or type(m).__name__.endswith("RMSNorm")}
+    kinds = [(column_major_norm.unfit, ColumnMajorNorm.from_norm, "ColumnMajorNorm: keeps the layout it is given",
+              lambda m: isinstance(m, nn.LayerNorm | nn.RMSNorm) or type(m).__name__.endswith("RMSNorm"))]
+    if attention:
+        kinds.append((column_major_attention.unfit, ColumnMajorAttention.from_attention,
+                      "ColumnMajorAttention: reads a column-major qkv as it lies",
+                      lambda m: type(m).__name__ == "Attention"))
     report = Report({first_block: LayerReport(True, "its hidden-state input turned column-major (one copy a call)")})
     swaps = {}
-    for fqn, norm in norms.items():
-        reason = unfit(norm)
-        report[fqn] = LayerReport(not reason, f"left as it is: {reason}" if reason
-                                  else "ColumnMajorNorm: keeps the layout it is given")
-        if not reason:
-            swaps[fqn] = ColumnMajorNorm.from_norm(norm)
+    for fqn, module in model.named_modules():
+        for unfit, build, what, looks_like in kinds:
+            if looks_like(module):
+                reason = unfit(module)
+                report[fqn] = LayerReport(not reason, f"left as it is: {reason}" if reason else what)
+                if not reason:
+                    swaps[fqn] = build(module)
     for fqn, swapped in swaps.items():
         parent, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, swapped)
@@ -101,13 +111,16 @@ def layout(x: object) -> str:
 
 
 def layouts(model: nn.Module, example: tuple, kinds: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.RMSNorm,
-                                                                      ColumnMajorNorm)) -> dict[str, tuple[str, str]]:
+                                                                      ColumnMajorNorm, ColumnMajorAttention)
+            ) -> dict[str, tuple[str, str]]:
     """{module name: (the layout of its input, of its output)} for each module of `kinds` (swapped linears are
-    found by their ``in_features``), from one call of `model` on `example`: where a stream is copied and where not."""
+    found by their ``in_features`` and ``mode``, attention modules by their class name), from one call of `model`
+    on `example`: where a stream is copied and where not."""
     seen: dict[str, tuple[str, str]] = {}
     handles = []
     for fqn, module in model.named_modules():
-        if isinstance(module, kinds) or (hasattr(module, "in_features") and hasattr(module, "mode")):
+        if (isinstance(module, kinds) or (hasattr(module, "in_features") and hasattr(module, "mode"))
+                or type(module).__name__.endswith("Attention")):
             def hook(_module: nn.Module, args: tuple, out: object, fqn: str = fqn) -> None:
                 seen.setdefault(fqn, (layout(args[0]) if args else "keyword", layout(out)))
             handles.append(module.register_forward_hook(hook))

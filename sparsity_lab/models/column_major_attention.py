@@ -1,0 +1,192 @@
+"""`ColumnMajorAttention`: self-attention that reads q, k and v from a column-major qkv output as it lies (Triton).
+
+Why: in a column-major stream (`models.stream`) every 2:4 layer's output is free except qkv's: attention kernels
+(flash, cuDNN) want each head's features contiguous, and a 2:4 qkv writes D = W · xᵀ, where they are strided by
+the token count. Copying D costs what the sparse qkv saves, so qkv stays dense. This kernel reads D directly, so
+qkv can be 2:4 too.
+
+Layout, for B images of N tokens (M = B·N), H heads of HD features, C = H·HD, and D = qkvᵀ row-major (3C, M):
+
+    q[b, h, n, :] = D[0C + h·HD : 0C + (h+1)·HD, b·N + n]      one program: BLOCK_M queries of one (b, h);
+    k[b, h, n, :] = D[1C + h·HD : ..., b·N + n]                 every load is a tile whose rows are features and
+    v[b, h, n, :] = D[2C + h·HD : ..., b·N + n]                 whose columns are consecutive tokens (coalesced)
+    o[b·N + n, h·HD + d]                                        written row-major (M, C), for proj
+
+It is flash attention's forward (a running max and sum per query, softmax in base 2), non-causal, no mask, no
+dropout: what timm's ViT runs. Kᵀ tiles arrive as `tl.dot` wants them; q and v tiles are turned around by Triton.
+Reference: `attention_t_reference` (``F.scaled_dot_product_attention`` on q, k, v cut from D). Benchmark:
+`attention_speed` (ours on D against PyTorch's SDPA on the row-major q, k, v a dense qkv writes). Under
+``torch.compile`` the kernel is the custom op ``sparsity_lab::attention_t``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsity_lab._optional import triton_available, triton_interpreting
+from sparsity_lab.models.column_major_norm import columns
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _attention_t_kernel(d_ptr, o_ptr, M, N, C, H, qk_scale, HD: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, WIDEN: tl.constexpr):
+        b, h = tl.program_id(1) // H, tl.program_id(1) % H
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # queries, within image b
+        feats = tl.arange(0, HD)
+        first = b * N  # image b's first token column in D
+        q = tl.load(d_ptr + (h * HD + feats)[None, :].to(tl.int64) * M + first + rows[:, None],
+                    mask=rows[:, None] < N, other=0.0)  # (BLOCK_M, HD), unit stride along the queries
+        if WIDEN:  # Triton's CPU interpreter multiplies bfloat16 wrongly: float32 there
+            q = q.to(tl.float32)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)  # keys
+            k_t = tl.load(d_ptr + (C + h * HD + feats)[:, None].to(tl.int64) * M + first + cols[None, :],
+                          mask=cols[None, :] < N, other=0.0)  # (HD, BLOCK_N): Kᵀ as it lies
+            if WIDEN:
+                k_t = k_t.to(tl.float32)
+            s = tl.dot(q, k_t) * qk_scale  # log2-scaled scores
+            s = tl.where(cols[None, :] < N, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(d_ptr + (2 * C + h * HD + feats)[None, :].to(tl.int64) * M + first + cols[:, None],
+                        mask=cols[:, None] < N, other=0.0)  # (BLOCK_N, HD)
+            if WIDEN:
+                v = v.to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        acc = acc / l_i[:, None]
+        tl.store(o_ptr + (first + rows)[:, None].to(tl.int64) * C + h * HD + feats[None, :],
+                 acc.to(o_ptr.dtype.element_ty), mask=rows[:, None] < N)
+
+
+def attention_t_reference(d: torch.Tensor, images: int, heads: int) -> torch.Tensor:
+    """What `attention_t` computes, by PyTorch: SDPA on q, k, v cut from D (3C, M); returns o (M, C) row-major."""
+    c3, m = d.shape
+    c, tokens = c3 // 3, m // images
+    qkv = d.reshape(3, heads, c // heads, images, tokens).permute(0, 3, 1, 4, 2)  # (3, B, H, N, HD)
+    o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+    return o.transpose(1, 2).reshape(m, c)
+
+
+def check_operands(d: torch.Tensor, images: int, heads: int) -> None:
+    """Refuse a D the kernel would misread, naming what is wrong."""
+    if d.dim() != 2 or d.shape[0] % 3 or d.shape[0] // 3 % heads:
+        raise ValueError(f"D must be (3C, M) with C a multiple of heads={heads}, got {tuple(d.shape)}")
+    if images <= 0 or d.shape[1] % images:
+        raise ValueError(f"D's {d.shape[1]} token columns are not {images} images of equal length")
+    head_dim = d.shape[0] // 3 // heads
+    if head_dim & (head_dim - 1) or head_dim < 16:
+        raise ValueError(f"head dimension {head_dim}: the kernel takes a power of two, at least 16")
+
+
+@torch.library.custom_op("sparsity_lab::attention_t", mutates_args=())
+def attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+    """Self-attention of `images` sequences from D = qkvᵀ (3C, M) row-major: o (M, C) row-major."""
+    check_operands(d, images, heads)
+    d = d.contiguous()
+    c = d.shape[0] // 3
+    if not (triton_available() and (d.is_cuda or triton_interpreting()) and d.dtype in (torch.float16,
+                                                                                           torch.bfloat16)):
+        return attention_t_reference(d, images, heads)
+    m, tokens, head_dim = d.shape[1], d.shape[1] // images, c // heads
+    out = torch.empty((m, c), dtype=d.dtype, device=d.device)
+    scale = head_dim ** -0.5 * 1.4426950408889634  # softmax in base 2
+    _attention_t_kernel[(triton.cdiv(tokens, block_m), images * heads)](
+        d, out, m, tokens, c, heads, scale, HD=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        WIDEN=d.dtype == torch.bfloat16 and triton_interpreting(), num_warps=4)
+    return out
+
+
+@attention_t.register_fake
+def _(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+    return d.new_empty((d.shape[1], d.shape[0] // 3))
+
+
+class ColumnMajorAttention(nn.Module):
+    """Self-attention with a qkv and a proj linear (timm's ViT ``Attention``, our encoder's) that takes qkv's output
+    in either layout: a column-major one (a 2:4 qkv, or "dense-colmajor") goes to `attention_t` without a copy;
+    a row-major one to PyTorch's SDPA, as the module it replaces computed it. Built by `from_attention`, sharing its
+    qkv and proj (the state-dict keys stay the same)."""
+
+    def __init__(self, qkv: nn.Module, proj: nn.Module, heads: int) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.heads = qkv, proj, heads
+
+    @classmethod
+    def from_attention(cls, attention: nn.Module) -> ColumnMajorAttention:
+        """The same attention for a module `unfit` accepts; a ValueError saying why for any other."""
+        reason = unfit(attention)
+        if reason:
+            raise ValueError(reason)
+        return cls(attention.qkv, attention.proj, getattr(attention, "num_heads", getattr(attention, "heads", 0)))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, reads a column-major qkv as it lies"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"x must be (batch, tokens, features), got shape {tuple(x.shape)}")
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x)
+        width = qkv.shape[-1] // 3
+        d = columns(qkv) if not (torch.is_grad_enabled() and qkv.requires_grad) else None
+        if d is not None:
+            o = torch.ops.sparsity_lab.attention_t(d, batch, self.heads).reshape(batch, tokens, width)
+        else:
+            q, k, v = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+        return self.proj(o)
+
+
+def unfit(attention: nn.Module) -> str | None:
+    """Why `ColumnMajorAttention.from_attention` cannot take `attention` (None when it can): it must be plain
+    self-attention with a qkv and a proj, and no q/k norms, gate, output norm or dropout."""
+    name = type(attention).__name__
+    if name != "Attention" or not hasattr(attention, "qkv") or not hasattr(attention, "proj"):
+        return f"{name} is not an attention ColumnMajorAttention knows (timm's ViT Attention, our encoder's)"
+    for part in ("q_norm", "k_norm", "norm"):
+        if not isinstance(getattr(attention, part, nn.Identity()), nn.Identity):
+            return f"{name} has a {part}: only plain attention is taken"
+    if getattr(attention, "gate", None) is not None:
+        return f"{name} is gated: only plain attention is taken"
+    for part in ("attn_drop", "proj_drop"):
+        if getattr(getattr(attention, part, None), "p", 0.0):
+            return f"{name} has {part} > 0: only attention without dropout is taken"
+    heads = getattr(attention, "num_heads", getattr(attention, "heads", None))
+    if not isinstance(heads, int) or attention.qkv.out_features != 3 * attention.proj.in_features:
+        return f"{name}: its heads and its qkv and proj widths do not describe plain self-attention"
+    return None
+
+
+def attention_speed(images: int = 128, tokens: int = 197, heads: int = 16, head_dim: int = 64,
+                    dtype: torch.dtype = torch.bfloat16, block_m: int = 64, block_n: int = 64,
+                    device: str = "cuda") -> dict[str, float]:
+    """Median ms of ViT-L's attention (by default): ours from D (3C, M), PyTorch's SDPA on the row-major q, k, v a
+    dense qkv writes, and SDPA after copying D to that layout; and ours' relative error against SDPA."""
+    from sparsity_lab.checks import relative_error
+    from sparsity_lab.timing import bench_ms
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    width = heads * head_dim
+    y = torch.randn(images * tokens, 3 * width, device=device, dtype=dtype, generator=gen)  # qkv, row-major
+    d = y.t().contiguous()
+
+    def sdpa(qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv.reshape(images, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(images * tokens, width)
+
+    with torch.no_grad():
+        return {"ours_from_d_ms": bench_ms(lambda: attention_t(d, images, heads, block_m, block_n), device),
+                "sdpa_row_major_ms": bench_ms(lambda: sdpa(y), device),
+                "sdpa_after_copy_ms": bench_ms(lambda: sdpa(d.t().contiguous()), device),
+                "rel_error": relative_error(attention_t(d, images, heads, block_m, block_n), sdpa(y))}
