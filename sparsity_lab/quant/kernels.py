@@ -8,6 +8,7 @@ cast) and the epilogue (accumulator -> float, two scales, bias, cast). Each kern
   s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127), a zero row gets s = 0 and q = 0.
 - `quantize_per_token_fp8(x, dtype)`: the same for float8_e4m3fn or float8_e5m2, bit for bit what
   `sparsity_lab.quant.fp8.quantize_rows_fp8` computes: s = max|x| / FMAX, q = fp8(clamp(x / s, -FMAX, FMAX)).
+  Both are one kernel (`_quantize_rows_kernel`): the abs-max pass is shared, the rounding differs.
 - `rescale(acc, s_x, s_w, bias, dtype)`: y = acc * s_x[:, None] (* s_w[None, :]) + bias in float32, written
   row-major in `dtype`; `acc` (int32 or float) may be any strided (M, N) view, such as the transposed (N, M)
   result of a cuSPARSELt matmul, so the re-layout costs nothing beyond this pass.
@@ -23,11 +24,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, BLOCK_K: tl.constexpr):
+def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, QMAX: tl.constexpr,
+                          FP8: tl.constexpr, MANTISSA: tl.constexpr, MIN_EXP: tl.constexpr, BLOCK_K: tl.constexpr):
     """One program per row of x::
 
-        s[row] = max(|x[row, :]|) / 127                     # first pass, BLOCK_K entries at a time
-        q[row, :] = clamp(round_half_even(x[row, :] / s), -127, 127)   # second pass (s = 0: q = 0)
+        s[row] = max(|x[row, :]|) / QMAX                     # first pass, BLOCK_K entries at a time
+        int8: q[row, :] = clamp(round_half_even(x[row, :] / s), -127, 127)      # second pass (s = 0: q = 0)
+        FP8:  q[row, :] = fp8(clamp(x[row, :] / s, -QMAX, QMAX))   # round to nearest, ties to even
+
+    FP8's rounding to its grid is done in float32, so the final cast is exact (Triton's interpreter rounds some
+    values wrongly when it casts): a value of binary exponent e (at least MIN_EXP, the smallest normal one: below
+    it the subnormals share its step) lies on a grid of step 2**(e - MANTISSA); v / step rounded half to even and
+    multiplied back is the FP8 value. Both steps are exact (powers of two), the sign is put back as a bit.
     """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
@@ -38,57 +46,26 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_q
         v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(v))
         start += BLOCK_K
-    scale = tl.div_rn(tl.max(amax, axis=0), 127.0)  # IEEE division, as torch: `/` on GPUs is approximate
+    scale = tl.div_rn(tl.max(amax, axis=0), QMAX)  # IEEE division, as torch: `/` on GPUs is approximate
     safe = tl.where(scale > 0.0, scale, 1.0)
     tl.store(s_ptr + row, scale)
     start = 0
     while start < K:
         cols = start + offs
         v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
-        r = tl.div_rn(v, safe)
-        r = (r + 12582912.0) - 12582912.0  # 1.5 * 2**23: a literal, as Triton 3.6 kernels may not read globals
-        r = tl.minimum(tl.maximum(r, -127.0), 127.0)
-        tl.store(q_ptr + row * stride_qm + cols, r.to(tl.int8), mask=cols < K)
-        start += BLOCK_K
-
-
-@triton.jit
-def _quantize_rows_fp8_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm, FMAX: tl.constexpr,
-                              MANTISSA: tl.constexpr, MIN_EXP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One program per row of x::
-
-        s[row] = max(|x[row, :]|) / FMAX
-        q[row, :] = fp8(clamp(x[row, :] / s, -FMAX, FMAX))      # round to nearest, ties to even
-
-    The rounding to the FP8 grid is done in float32 here, so the final cast is exact (Triton's interpreter rounds
-    some values wrongly when it casts): a value of binary exponent e (at least MIN_EXP, the smallest normal one:
-    below it the subnormals share its step) lies on a grid of step 2**(e - MANTISSA); v / step rounded half to even
-    and multiplied back is the FP8 value. Both steps are exact (powers of two), the sign is put back as a bit.
-    """
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK_K)
-    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-    start = 0
-    while start < K:
-        cols = start + offs
-        v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(v))
-        start += BLOCK_K
-    scale = tl.div_rn(tl.max(amax, axis=0), FMAX)
-    safe = tl.where(scale > 0.0, scale, 1.0)
-    tl.store(s_ptr + row, scale)
-    start = 0
-    while start < K:
-        cols = start + offs
-        v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
-        v = tl.minimum(tl.maximum(tl.div_rn(v, safe), -FMAX), FMAX)
-        bits = v.to(tl.int32, bitcast=True)
-        exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, MIN_EXP)
-        step = ((exponent - MANTISSA + 127) << 23).to(tl.float32, bitcast=True)
-        inverse = ((127 - exponent + MANTISSA) << 23).to(tl.float32, bitcast=True)
-        r = tl.abs(v) * inverse
-        r = (r + 12582912.0) - 12582912.0  # 1.5 * 2**23: round half to even
-        q = ((r * step).to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+        v = tl.div_rn(v, safe)
+        if FP8:
+            v = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+            bits = v.to(tl.int32, bitcast=True)
+            exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, MIN_EXP)
+            step = ((exponent - MANTISSA + 127) << 23).to(tl.float32, bitcast=True)
+            inverse = ((127 - exponent + MANTISSA) << 23).to(tl.float32, bitcast=True)
+            r = tl.abs(v) * inverse
+            r = (r + 12582912.0) - 12582912.0  # 1.5 * 2**23: round half to even
+            q = ((r * step).to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+        else:
+            q = (v + 12582912.0) - 12582912.0  # a literal, as Triton 3.6 kernels may not read globals
+            q = tl.minimum(tl.maximum(q, -QMAX), QMAX)
         tl.store(q_ptr + row * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
         start += BLOCK_K
 
@@ -116,40 +93,38 @@ def _rescale_kernel(acc_ptr, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, stride_am, stri
     tl.store(y_ptr + rows64[:, None] * stride_ym + cols64[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) float -> (q int8 (M, K) contiguous, s float32 (M,)), one Triton program per row."""
-    if x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a 2-D floating tensor, got {x.dtype} of shape {tuple(x.shape)}")
-    m, k = x.shape
-    if k == 0:
-        raise ValueError(f"x has shape {tuple(x.shape)}: rows need at least one entry to have a scale")
-    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
-    s = torch.empty(m, dtype=torch.float32, device=x.device)
-    if m:
-        block = min(4096, triton.next_power_of_2(k))
-        _quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), x.stride(1), q.stride(0), BLOCK_K=block)
-    return q, s
+# (largest magnitude, mantissa bits, smallest normal exponent) of each target type
+_GRIDS = {torch.int8: (127.0, 0, 0), torch.float8_e4m3fn: (float(torch.finfo(torch.float8_e4m3fn).max), 3, -6),
+          torch.float8_e5m2: (float(torch.finfo(torch.float8_e5m2).max), 2, -14)}
 
 
-def quantize_per_token_fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) float -> (q `dtype` (M, K) contiguous, s float32 (M,)) for float8_e4m3fn or float8_e5m2, one Triton
-    program per row."""
+def _quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"x must be a 2-D floating tensor, got {x.dtype} of shape {tuple(x.shape)}")
-    grids = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}  # (mantissa bits, smallest normal exponent)
-    if dtype not in grids:
-        raise TypeError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
     m, k = x.shape
     if k == 0:
         raise ValueError(f"x has shape {tuple(x.shape)}: rows need at least one entry to have a scale")
     q = torch.empty(m, k, dtype=dtype, device=x.device)
     s = torch.empty(m, dtype=torch.float32, device=x.device)
     if m:
-        mantissa, min_exp = grids[dtype]
-        _quantize_rows_fp8_kernel[(m,)](x, q, s, k, x.stride(0), x.stride(1), q.stride(0),
-                                        FMAX=float(torch.finfo(dtype).max), MANTISSA=mantissa, MIN_EXP=min_exp,
-                                        BLOCK_K=min(4096, triton.next_power_of_2(k)))
+        qmax, mantissa, min_exp = _GRIDS[dtype]
+        _quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), x.stride(1), q.stride(0), QMAX=qmax,
+                                    FP8=dtype != torch.int8, MANTISSA=mantissa, MIN_EXP=min_exp,
+                                    BLOCK_K=min(4096, triton.next_power_of_2(k)))
     return q, s
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (q int8 (M, K) contiguous, s float32 (M,)), one Triton program per row."""
+    return _quantize(x, torch.int8)
+
+
+def quantize_per_token_fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (q `dtype` (M, K) contiguous, s float32 (M,)) for float8_e4m3fn or float8_e5m2, one Triton
+    program per row."""
+    if dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+        raise TypeError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
+    return _quantize(x, dtype)
 
 
 def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor | None, bias: torch.Tensor | None,
