@@ -24,9 +24,23 @@ Worked example (the profile above, gemm_speedup = 1.4):
     predicted_speedup(profile, 1.4)                     -> 1.221   (the ceiling, with free layouts)
     predicted_speedup(profile, 1.4, layout_ms=19.4)     -> 32.8 / 46.257 = 0.709
     predicted_speedup(profile, 1.4, sparse_fraction=0.5) -> 32.8 / 29.829 = 1.100
+
+Last, the column-major stream's norm, in plain PyTorch: a 2:4 layer writes D = yᵀ, so its tokens are the *columns*
+of a row-major (C features, M tokens) tensor. Write `layer_norm_columns(d, weight=None, bias=None, eps=1e-5)`:
+LayerNorm of every token over its C features, returned in D's layout, a contiguous (C, M) tensor of d's dtype:
+    out[c, m] = (d[c, m] - mean_m) / sqrt(var_m + eps) * weight[c] + bias[c]
+with mean_m and var_m (biased: divide by C) taken over column m, in float32 (or float64 for a float64 d). It
+reduces along dim 0 and never transposes d into a row-major copy. It raises ValueError, naming the argument, when
+d is not 2-D, weight or bias is not of shape (C,), or eps < 0. It does not modify d.
+
+Worked example (C = 2 features, M = 2 tokens; token 0 is (1, 3), token 1 is (2, 6)):
+    d = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    layer_norm_columns(d, eps=0.0)                                           -> [[-1., -1.], [1., 1.]]
+    layer_norm_columns(d, torch.tensor([2.0, 1.0]), torch.tensor([0.0, 10.0]), eps=0.0)
+                                                                             -> [[-2., -2.], [11., 11.]]
 """
 
-import torch  # noqa: F401  (the course's exercises all import torch; this one needs only arithmetic)
+import torch
 
 
 def predicted_forward_ms(profile: dict[str, float], gemm_speedup: float, sparse_fraction: float = 1.0,
@@ -39,3 +53,9 @@ def predicted_speedup(profile: dict[str, float], gemm_speedup: float, sparse_fra
                       layout_ms: float = 0.0) -> float:
     """The dense forward's total over `predicted_forward_ms`."""
     raise NotImplementedError("ex09: write predicted_speedup")
+
+
+def layer_norm_columns(d: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                       eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm of every column (token) of D (C, M) over its C rows (features), in D's layout."""
+    raise NotImplementedError("ex09: write layer_norm_columns")

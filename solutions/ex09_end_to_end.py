@@ -1,6 +1,7 @@
-"""Solution to exercise 09: the whole model's predicted time, Amdahl's law with the layout bill."""
+"""Solution to exercise 09: the whole model's predicted time, Amdahl's law with the layout bill; a LayerNorm over
+the columns of a 2:4 layer's D."""
 
-import torch  # noqa: F401  (the course's exercises all import torch; this one needs only arithmetic)
+import torch
 
 
 def predicted_forward_ms(profile: dict[str, float], gemm_speedup: float, sparse_fraction: float = 1.0,
@@ -25,3 +26,24 @@ def predicted_speedup(profile: dict[str, float], gemm_speedup: float, sparse_fra
                       layout_ms: float = 0.0) -> float:
     """The dense forward's total over `predicted_forward_ms`."""
     return sum(profile.values()) / predicted_forward_ms(profile, gemm_speedup, sparse_fraction, layout_ms)
+
+
+def layer_norm_columns(d: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                       eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm of every column (token) of D (C, M) over its C rows (features), in D's layout."""
+    if d.dim() != 2:
+        raise ValueError(f"d must be 2-D (features, tokens), got shape {tuple(d.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (d.shape[0],):
+            raise ValueError(f"{name} must have shape ({d.shape[0]},), got {tuple(t.shape)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    x = d.to(torch.float64 if d.dtype == torch.float64 else torch.float32)
+    mean = x.mean(dim=0)
+    var = (x - mean).square().mean(dim=0)
+    out = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        out = out * weight.to(x.dtype)[:, None]
+    if bias is not None:
+        out = out + bias.to(x.dtype)[:, None]
+    return out.to(d.dtype).contiguous()

@@ -1,6 +1,9 @@
-"""Grader for exercise 09 (a whole model's predicted time and speed-up from its profile)."""
+"""Grader for exercise 09 (a whole model's predicted time and speed-up from its profile; a LayerNorm over the
+columns of a 2:4 layer's D)."""
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 EXERCISE = "ex09_end_to_end"
 PROFILE = {"dense GEMM": 20.8, "attention": 2.8, "norms": 3.2, "layout copies": 0.2, "other": 5.8}
@@ -41,3 +44,35 @@ def test_profile_is_not_modified(exercise):
     profile = dict(PROFILE)
     exercise.predicted_speedup(profile, 1.4, layout_ms=2.0)
     assert profile == PROFILE
+
+
+def test_layer_norm_columns_worked_example(exercise):
+    d = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    torch.testing.assert_close(exercise.layer_norm_columns(d, eps=0.0), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    out = exercise.layer_norm_columns(d, torch.tensor([2.0, 1.0]), torch.tensor([0.0, 10.0]), eps=0.0)
+    torch.testing.assert_close(out, torch.tensor([[-2.0, -2.0], [11.0, 11.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_layer_norm_columns_is_layer_norm_of_the_tokens_in_ds_layout(exercise, dtype):
+    gen = torch.Generator().manual_seed(0)
+    d = (torch.randn(48, 37, generator=gen) * 3 + 2).to(dtype)
+    weight, bias = torch.rand(48, generator=gen).to(dtype), torch.randn(48, generator=gen).to(dtype)
+    before = d.clone()
+    out = exercise.layer_norm_columns(d, weight, bias)
+    assert out.shape == (48, 37) and out.dtype == dtype and out.is_contiguous()
+    reference = F.layer_norm(d.double().t(), (48,), weight.double(), bias.double(), 1e-5).t()
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.double(), reference, rtol=tolerance, atol=tolerance)
+    assert torch.equal(d, before)
+
+
+@pytest.mark.parametrize("args, name", [
+    ((torch.zeros(4),), r"\bd\b"),
+    ((torch.zeros(4, 3), torch.ones(3)), "weight"),
+    ((torch.zeros(4, 3), None, torch.ones(4, 1)), "bias"),
+    ((torch.zeros(4, 3), None, None, -1.0), "eps"),
+])
+def test_layer_norm_columns_names_the_bad_argument(exercise, args, name):
+    with pytest.raises(ValueError, match=name):
+        exercise.layer_norm_columns(*args)
