@@ -150,6 +150,19 @@ def test_llama_figure_compares_compiled_with_compiled() -> None:
     assert list(bars.y) == pytest.approx([1.25, 1.25])
 
 
+def test_layout_figure_colours_what_each_module_reads_and_writes() -> None:
+    pytest.importorskip("plotly")
+    before = {"norm1": ("row-major", "row-major"), "fc1": ("row-major", "column-major")}
+    after = {"norm1": ("column-major", "column-major"), "fc1": ("column-major", "column-major"),
+             "attn": ("column-major", "strided")}
+    heat = plots.layout_figure({"row-major model": before, "streamed": after}).data[0]
+    assert list(heat.y) == ["norm1", "fc1", "attn"] and len(heat.x) == 4
+    assert [list(row) for row in heat.z] == [[0, 0, 1, 1], [0, 1, 1, 1], [None, None, 1, 2]]
+    assert heat.text[2][3] == "strided"
+    with pytest.raises(ValueError, match="no module"):
+        plots.layout_figure({"empty": {}})
+
+
 def test_figures_from_the_recording(recorded) -> None:
     pytest.importorskip("plotly")
     vit, llama = recorded.figures["vit"], recorded.figures["llama"]
