@@ -142,7 +142,8 @@ def _block_inputs(model: torch.nn.Module, block: torch.nn.Module, example: tuple
 
 
 def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, compiled: bool = False,
-          graphs: bool = False, margin: float = 0.97, rounds: int = 2, warmup: int = 5, reps: int = 15) -> Report:
+          graphs: bool = False, margin: float = 0.97, rounds: int = 2, warmup: int = 5, reps: int = 15,
+          check_model: bool = True) -> Report:
     """Choose each tunable layer's mode by timing the model as a whole, in place; returns a `Report` saying, per layer,
     what was chosen and the timings it rests on.
 
@@ -157,7 +158,10 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     compared), so clock drift cannot pick the winner. `compiled=True` times ``torch.compile`` of it instead
     (recompiled per trial), for a model that will be compiled: there Inductor fuses the transposes. `graphs=True`
     times each trial replayed from a CUDA graph, for a model that will run that way (decode steps, where eager
-    launch overhead would hide every difference); only then is a "decode" mode (the decode kernels) a candidate."""
+    launch overhead would hide every difference); only then is a "decode" mode (the decode kernels) a candidate.
+    `check_model` (when tuning on a `block`): the whole model is then timed with the chosen modes against every
+    layer dense, in turn, the same way; if the choices made it slower every layer goes back to "dense", since
+    one block cannot see everything the model does with its outputs."""
     from sparsity_lab.sparsify import LayerReport, Report
 
     layers = tunable_layers(model)
@@ -189,6 +193,15 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
                     for mode in ("dense", *modes)})
                 for layer in members:
                     layer.mode = chosen[name].choice
+        verdict = None
+        if check_model and block is not None and any(layer.mode != "dense" for layer in layers.values()):
+            tuned = {layer: layer.mode for layer in layers.values()}
+            verdict = Dispatcher(margin=1.0, warmup=warmup, reps=reps, interleave=3, baseline="dense").choose(
+                ("the model",), lambda: {
+                    name: _trial_modes(modes, model, example, {}, compiled, graphs)
+                    for name, modes in (("dense", dict.fromkeys(tuned, "dense")), ("tuned", tuned))})
+            for layer, mode in tuned.items():
+                layer.mode = mode if verdict.choice == "tuned" else "dense"
     except BaseException:
         for fqn, layer in layers.items():
             layer.mode = previous[fqn]
@@ -199,24 +212,32 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     where = "the model" if block is None else f"{block!r}"
     how = "compiled" if compiled else "CUDA graph" if graphs else "eager"
     report = Report()
-    for fqn in layers:
-        decision = chosen[group_name(fqn, layers[fqn])]
-        report[fqn] = LayerReport(not decision.choice.startswith("dense"),
-                                  f"{decision.choice}: {where} ({how}, round {rounds}) {decision.reason}")
+    for fqn, layer in layers.items():
+        decision = chosen[group_name(fqn, layer)]
+        what = f"{decision.choice}: {where} ({how}, round {rounds}) {decision.reason}"
+        if verdict is not None and verdict.choice == "dense":
+            what = f"dense: the whole model was slower with the block's choices ({verdict.reason}); {what}"
+        report[fqn] = LayerReport(not layer.mode.startswith("dense"), what)
     return report
 
 
 def _trial(members: list[torch.nn.Module], mode: str, target: torch.nn.Module, args: tuple, kwargs: dict,
            compiled: bool, graphs: bool) -> Callable[[], object]:
-    """One timed call of `target` with the group `members` set to `mode`: compiled afresh when `compiled`;
-    with `graphs`, captured now (the mode set for the capture) and replayed."""
+    """One timed call of `target` with the group `members` set to `mode` (`_trial_modes`)."""
+    return _trial_modes(dict.fromkeys(members, mode), target, args, kwargs, compiled, graphs)
+
+
+def _trial_modes(modes: dict[torch.nn.Module, str], target: torch.nn.Module, args: tuple, kwargs: dict,
+                 compiled: bool, graphs: bool) -> Callable[[], object]:
+    """One timed call of `target` with each layer of `modes` set to its mode: compiled afresh when `compiled`;
+    with `graphs`, captured now (the modes set for the capture) and replayed."""
     run = target
     if compiled:
         torch._dynamo.reset()  # earlier trials' graphs would fill Dynamo's cache and push this one to eager
         run = torch.compile(target)
 
     def call() -> object:
-        for layer in members:
+        for layer, mode in modes.items():
             if layer.mode != mode:
                 layer.mode = mode
         with torch.no_grad():

@@ -171,6 +171,35 @@ def test_tune_second_round_sees_later_choices(monkeypatch: pytest.MonkeyPatch) -
     assert (fc1.mode, fc2.mode) == ("sparse", "sparse") and "round 2" in report["blocks.0.fc1"].what
 
 
+def test_tune_on_a_block_goes_back_to_dense_if_the_whole_model_got_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One block says fc1 sparse is faster; the model as a whole (what the block cannot see) is slower with it:
+    every layer goes back to dense, and the report says why. Where the model agrees, the choice stays."""
+    _, model = _swapped(depth=2)
+    whole = []
+    model.register_forward_pre_hook(lambda module, args: whole.append(True))
+    model_penalty = {"value": 0.5}
+
+    def fake_ms(fn, *args, **kwargs) -> float:
+        whole.clear()
+        fn()
+        fc1 = model.blocks[0].fc1.mode
+        if whole:  # the whole model ran
+            return 2.0 + (model_penalty["value"] if fc1 == "sparse" else 0.0)
+        return {"sparse": 0.7}.get(fc1, 1.0)
+
+    monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
+    monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
+    report = tune_(model, (torch.randn(2, 8, 64),), block="blocks.0")
+    assert all(m.mode == "dense" for m in model.modules() if isinstance(m, Semi24Linear))
+    assert not report["blocks.0.fc1"].changed
+    assert report["blocks.0.fc1"].what.startswith("dense: the whole model was slower")
+    model_penalty["value"] = -0.5  # the model agrees with the block
+    report = tune_(model, (torch.randn(2, 8, 64),), block="blocks.0")
+    assert model.blocks[1].fc1.mode == "sparse" and report["blocks.1.fc1"].changed
+    tune_(model, (torch.randn(2, 8, 64),), block="blocks.0", check_model=False)
+    assert model.blocks[0].fc1.mode == "sparse"
+
+
 def test_tune_may_keep_a_group_dense_with_column_major_y(monkeypatch: pytest.MonkeyPatch) -> None:
     """In a model whose residual stream is column-major, a dense layer writing yᵀ is what spares the add a copy:
     tune_ may choose "dense-colmajor", and reports the layer as not sparse."""
