@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsity_lab.dispatch import tunable_layers
 from sparsity_lab.models.column_major_attention import ColumnMajorAttention
 from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, norm_t_reference, to_column_major
 from sparsity_lab.models.encoder import Encoder
@@ -37,8 +38,9 @@ ATTENTION_CASES = [(2, 37, 2, 16, "float16", 32, 16), (3, 20, 4, 32, "bfloat16",
                    (1, 70, 1, 64, "float16", 64, 32), (2, 65, 2, 64, "bfloat16", 32, 64)]
 
 
-def _run_cases() -> dict[str, float]:
-    """Relative error of each case (and of a stream whose tokens have mean 1000, std 1) against float64."""
+def _run_cases(device: str = "cpu") -> dict[str, float]:
+    """Relative error of each case (and of a stream whose tokens have mean 1000, std 1) against float64; the
+    kernels run on `device` (the CPU: under Triton's interpreter)."""
     from sparsity_lab.models.column_major_norm import norm_t
 
     errors = {}
@@ -48,7 +50,8 @@ def _run_cases() -> dict[str, float]:
         d = (torch.randn(c, m, generator=gen) + shift).to(dtype)
         w = (torch.rand(c, generator=gen) + 0.5).to(dtype) if affine else None
         b = torch.randn(c, generator=gen).to(dtype) if affine and not rms else None
-        y = norm_t(d, w, b, 1e-5, rms, block_m)
+        y = norm_t(d.to(device), None if w is None else w.to(device), None if b is None else b.to(device),
+                   1e-5, rms, block_m).cpu()
         ref = norm_t_reference(d.double(), None if w is None else w.double(), None if b is None else b.double(),
                                1e-5, rms)
         ok = y.shape == d.shape and y.is_contiguous() and y.dtype == dtype
@@ -59,7 +62,7 @@ def _run_cases() -> dict[str, float]:
     for images, tokens, heads, head_dim, name, block_m, block_n in ATTENTION_CASES:
         gen = torch.Generator().manual_seed(images * tokens)
         d = torch.randn(3 * heads * head_dim, images * tokens, generator=gen).to(getattr(torch, name))
-        o = attention_t(d, images, heads, block_m, block_n)
+        o = attention_t(d.to(device), images, heads, block_m, block_n).cpu()
         ref = attention_t_reference(d.double(), images, heads)
         ok = o.shape == ref.shape and o.is_contiguous() and o.dtype == d.dtype
         errors[f"attention {images}x{tokens} heads {heads}x{head_dim} {name}"] = (
@@ -67,8 +70,7 @@ def _run_cases() -> dict[str, float]:
     return errors
 
 
-def test_norm_and_attention_kernels_in_triton_interpreter(interpreted) -> None:
-    errors = interpreted(__file__)
+def _check_cases(errors: dict[str, float]) -> None:
     attention = {case: error for case, error in errors.items() if case.startswith("attention")}
     errors = {case: error for case, error in errors.items() if case not in attention}
     assert len(errors) == len(CASES) + 1 and len(attention) == len(ATTENTION_CASES)
@@ -79,6 +81,16 @@ def test_norm_and_attention_kernels_in_triton_interpreter(interpreted) -> None:
     # float32 itself leaves about 3e-5 here (the mean of values near 1000 is rounded); E[x²] - mean² would leave 1e-2
     shifted = list(errors)[-1]
     assert errors[shifted] < 2e-4, (shifted, errors[shifted])
+
+
+def test_norm_and_attention_kernels_in_triton_interpreter(interpreted) -> None:
+    _check_cases(interpreted(__file__))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_norm_and_attention_kernels_on_gpu() -> None:
+    _check_cases(_run_cases("cuda"))
 
 
 class LlamaRMSNorm(nn.Module):
@@ -195,6 +207,16 @@ def test_streamed_attention_reads_a_column_major_qkv_as_it_lies() -> None:
         model.blocks[0].attn, ColumnMajorAttention)
     assert seen["blocks.0.attn"] == ("column-major", "column-major")  # in from norm1, out from proj
     assert seen["blocks.0.attn.proj"] == ("row-major", "column-major")
+    attn, plain = model.blocks[0].attn, reference.blocks[0].attn  # timm's blocks pass a mask and is_causal
+    h = torch.randn(3, 10, 64)
+    q, k, v = plain.qkv(h).reshape(3, 10, 3, 4, 16).permute(2, 0, 3, 1, 4)
+    mask = (torch.rand(10, 10) > 0.3) | torch.eye(10, dtype=torch.bool)  # no query masked whole
+    for kwargs in ({"is_causal": True}, {"attn_mask": mask}):
+        expected = plain.proj(F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2).reshape(3, 10, 64))
+        with torch.no_grad():
+            out = attn(h, **kwargs)
+        assert columns(out) is not None  # proj still writes the stream's layout
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 class Attention(nn.Module):
@@ -273,6 +295,31 @@ def test_streamed_model_compiles_whole_without_recompiles() -> None:
             for batch in (3, 2, 5):
                 xb = torch.randn(batch, 10, 64)
                 torch.testing.assert_close(compiled(xb), reference(xb), rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_encoder_on_cusparselt_matches_the_unstreamed_one_eager_and_compiled() -> None:
+    """Every linear truly 2:4 on cuSPARSELt (its column-major D), ViT-L's width and head size."""
+    torch.manual_seed(0)
+    reference = Encoder(1024, 2, 16).eval().cuda().bfloat16()
+    sparsify_(reference, Semi24Config())
+    model = Encoder(1024, 2, 16).eval().cuda().bfloat16()
+    sparsify_(model, Semi24Config())
+    model.load_state_dict(reference.state_dict())
+    column_major_stream_(model, "blocks.0")
+    for layer in [*tunable_layers(reference).values(), *tunable_layers(model).values()]:
+        layer.mode = "sparse"
+    x = torch.randn(8, 197, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(model(x), expected, rtol=2e-2, atol=2e-2)
+        seen = layouts(model, (x,))
+        assert seen["blocks.1.attn.qkv"] == seen["blocks.1.mlp.fc2"] == ("column-major", "column-major")
+        assert seen["blocks.1.attn.proj"] == ("row-major", "column-major")
+        compiled = torch.compile(model, fullgraph=True)
+        torch.testing.assert_close(compiled(x), expected, rtol=2e-2, atol=2e-2)
     torch._dynamo.reset()
 
 

@@ -133,18 +133,23 @@ class ColumnMajorAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"heads={self.heads}, reads a column-major qkv as it lies"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+                ) -> torch.Tensor:
+        """timm's signature (its blocks pass `attn_mask` and `is_causal`): a masked or causal call, and one that
+        needs gradients, goes through SDPA, which takes any layout of q, k, v."""
         if x.dim() != 3:
             raise ValueError(f"x must be (batch, tokens, features), got shape {tuple(x.shape)}")
         batch, tokens, _ = x.shape
         qkv = self.qkv(x)
         width = qkv.shape[-1] // 3
-        d = columns(qkv) if not (torch.is_grad_enabled() and qkv.requires_grad) else None
+        plain = attn_mask is None and not is_causal and not (torch.is_grad_enabled() and qkv.requires_grad)
+        d = columns(qkv) if plain else None
         if d is not None:
             o = torch.ops.sparsity_lab.attention_t(d, batch, self.heads).reshape(batch, tokens, width)
         else:
             q, k, v = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+            o = o.transpose(1, 2).reshape(batch, tokens, width)
         return self.proj(o)
 
 
