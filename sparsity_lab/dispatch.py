@@ -143,7 +143,7 @@ def _block_inputs(model: torch.nn.Module, block: torch.nn.Module, example: tuple
 
 def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, compiled: bool = False,
           graphs: bool = False, margin: float = 0.97, rounds: int = 2, warmup: int = 5, reps: int = 15,
-          check_model: bool = True) -> Report:
+          check_model: bool = True, stream: str | None = None) -> Report:
     """Choose each tunable layer's mode by timing the model as a whole, in place; returns a `Report` saying, per layer,
     what was chosen and the timings it rests on.
 
@@ -161,9 +161,17 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     launch overhead would hide every difference); only then is a "decode" mode (the decode kernels) a candidate.
     `check_model` (when tuning on a `block`): the whole model is then timed with the chosen modes against every
     layer dense, in turn, the same way; if the choices made it slower every layer goes back to "dense", since
-    one block cannot see everything the model does with its outputs."""
+    one block cannot see everything the model does with its outputs. `stream` (a block name, e.g. ``"blocks.0"``):
+    the layout is a choice too -- a copy of the model gets a column-major residual stream from that block on
+    (`models.stream.column_major_stream_`) and is tuned the same way, both whole models are timed in turn, and
+    `model` becomes the streamed one (with the copy's modes) only if it took at most `margin` of the row-major
+    time, as for a layer's mode; otherwise it stays row-major with its own."""
     from sparsity_lab.sparsify import LayerReport, Report
 
+    if stream is not None:
+        return _tune_with_stream(model, example, stream, dict(
+            block=block, compiled=compiled, graphs=graphs, margin=margin, rounds=rounds, warmup=warmup, reps=reps,
+            check_model=check_model))
     layers = tunable_layers(model)
     if not layers:
         raise ValueError("model has no layer tune_ can set (swap some first, e.g. sparsify_(model, Semi24Config()))")
@@ -217,8 +225,56 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
         what = f"{decision.choice}: {where} ({how}, round {rounds}) {decision.reason}"
         if verdict is not None and verdict.choice == "dense":
             what = f"dense: the whole model was slower with the block's choices ({verdict.reason}); {what}"
-        report[fqn] = LayerReport(not layer.mode.startswith("dense"), what)
+        report[fqn] = LayerReport(not layer.mode.startswith("dense"), what, decision.timings)
     return report
+
+
+def _tune_with_stream(model: torch.nn.Module, example: tuple, stream: str, options: dict) -> Report:
+    """`tune_` with `stream`: the model tuned row-major and a copy tuned with a column-major stream from `stream`,
+    the two timed whole, in turn; `model` left as the faster one. Refused before anything changes where the block
+    is missing or the model is already streamed."""
+    import copy
+
+    from sparsity_lab.models.stream import column_major_stream_, is_streamed
+    from sparsity_lab.sparsify import LayerReport
+
+    try:
+        model.get_submodule(stream)
+    except AttributeError as err:
+        raise ValueError(f"stream={stream!r} is not a submodule of the model; nothing was changed") from err
+    if is_streamed(model):
+        raise ValueError("the model's residual stream is already column-major: pass the model without it, "
+                         "stream= times both; nothing was changed")
+    if not isinstance(example, tuple):
+        raise TypeError(f"example must be a tuple of the model's inputs, got {type(example).__name__}")
+    streamed = copy.deepcopy(model)
+    streamed_report = column_major_stream_(streamed, stream)
+    streamed_report.update(tune_(streamed, example, **options))
+    previous = {layer: layer.mode for layer in tunable_layers(model).values()}
+    report = tune_(model, example, **options)
+    compiled, graphs = options["compiled"], options["graphs"]
+    try:
+        verdict = Dispatcher(margin=options["margin"], warmup=options["warmup"], reps=options["reps"], interleave=3,
+                             baseline="row-major").choose(("the stream",), lambda: {
+            "row-major": _trial_modes({}, model, example, {}, compiled, graphs),
+            "column-major stream": _trial_modes({}, streamed, example, {}, compiled, graphs)})
+    except BaseException:
+        for layer, mode in previous.items():
+            layer.mode = mode
+        raise
+    finally:
+        if compiled:
+            torch._dynamo.reset()
+    if verdict.choice == "row-major":
+        report[stream] = LayerReport(False, f"row-major: the whole model {verdict.reason}", verdict.timings)
+        return report
+    column_major_stream_(model, stream)
+    modes = {fqn: layer.mode for fqn, layer in tunable_layers(streamed).items()}
+    for fqn, layer in tunable_layers(model).items():
+        layer.mode = modes[fqn]
+    streamed_report[stream] = LayerReport(True, f"column-major stream from here on: the whole model "
+                                                f"{verdict.reason}", verdict.timings)
+    return streamed_report
 
 
 def _trial(members: list[torch.nn.Module], mode: str, target: torch.nn.Module, args: tuple, kwargs: dict,

@@ -45,6 +45,7 @@ class LayerReport:
 
     changed: bool
     what: str
+    timings: dict[str, float] = field(default_factory=dict)  # ms of each candidate, where the choice was timed
 
 
 class Report(dict[str, LayerReport]):

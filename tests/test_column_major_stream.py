@@ -4,6 +4,7 @@ Hugging Face Llama: same outputs, the layouts each op sees, all-or-nothing refus
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -33,9 +34,11 @@ CASES = [(64, 40, "float32", False, True, 0), (96, 33, "float16", True, True, 0)
 # two passes over tokens of mean 1000 and std 1, where sums of squares would cancel
 SHIFTED = (3000, 9, "float32", False, True, 0)
 TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
-# attention: (images, tokens, heads, head_dim, dtype, block_m, block_n); sequences that fit no block, ViT-L's head
+# attention: (images, tokens, heads, head_dim, dtype, block_m, block_n); sequences that fit no block, ViT-L's
+# head, and query tiles that hold the end of one image and the start of the next, or several whole images
 ATTENTION_CASES = [(2, 37, 2, 16, "float16", 32, 16), (3, 20, 4, 32, "bfloat16", 64, 64),
-                   (1, 70, 1, 64, "float16", 64, 32), (2, 65, 2, 64, "bfloat16", 32, 64)]
+                   (1, 70, 1, 64, "float16", 64, 32), (2, 65, 2, 64, "bfloat16", 32, 64),
+                   (5, 13, 2, 16, "float16", 64, 16), (4, 9, 2, 32, "bfloat16", 16, 32)]
 
 
 def _run_cases(device: str = "cpu") -> dict[str, float]:
@@ -355,3 +358,72 @@ def test_norm_speed_times_ours_against_pytorch_and_checks_it(rms: bool) -> None:
 
 if __name__ == "__main__":  # run by the `interpreted` fixture, with TRITON_INTERPRET=1
     print(json.dumps(_run_cases()))
+
+
+@pytest.mark.parametrize("stream_gain", [0.3, 0.05, -0.3])
+def test_tune_keeps_the_stream_only_where_the_whole_model_is_faster(monkeypatch: pytest.MonkeyPatch,
+                                                                    stream_gain: float) -> None:
+    """A stand-in clock: a model costs 8.0, less 0.2 per linear in its best mode ("sparse" row-major,
+    "sparse-rowmajor" streamed), and `stream_gain` less when it runs streamed. tune_(stream=) leaves the model
+    streamed with the streamed copy's modes only where that won by the margin (3% of 6.4: a gain of 0.05 is not
+    enough); it computes what it did before either way."""
+    from sparsity_lab import dispatch as dispatch_module
+    from sparsity_lab import tune_
+    from sparsity_lab.models import stream as stream_module
+
+    torch.manual_seed(0)
+    reference = Encoder(64, 2, 4).eval()
+    sparsify_(reference, Semi24Config())
+    model = copy.deepcopy(reference)
+    ran: dict = {"streamed": False}
+    entry = stream_module.to_column_major
+
+    def marked(x: torch.Tensor) -> torch.Tensor:  # the stream's entry hook turns the input column-major
+        ran["streamed"] = True
+        return entry(x)
+
+    def fake_ms(fn, *args, **kwargs) -> float:
+        ran["streamed"] = False
+        with torch.no_grad():
+            fn()
+        best = "sparse-rowmajor" if ran["streamed"] else "sparse"
+        modes = [m.mode for m in tunable_layers(ran["model"]).values()]
+        return 8.0 - 0.2 * modes.count(best) - (stream_gain if ran["streamed"] else 0.0)
+
+    def which(module: nn.Module, args: tuple) -> None:
+        if isinstance(module, Encoder):
+            ran["model"] = module  # the model copy that ran
+
+    monkeypatch.setattr(stream_module, "to_column_major", marked)
+    monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
+    monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(which)
+    try:
+        report = tune_(model, (torch.randn(2, 10, 64),), stream="blocks.0")
+    finally:
+        hook.remove()
+    streamed = stream_gain > 0.2
+    assert is_streamed(model) == streamed and report["blocks.0"].changed == streamed
+    assert report["blocks.0"].what.startswith("column-major stream" if streamed else "row-major")
+    assert "the whole model measured row-major" in report["blocks.0"].what
+    expected = "sparse-rowmajor" if streamed else "sparse"
+    assert all(m.mode == expected for m in tunable_layers(model).values()), str(report)
+    assert isinstance(model.blocks[0].norm1, ColumnMajorNorm) == streamed
+    x = torch.randn(3, 10, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tune_with_a_stream_refuses_bad_input_and_changes_nothing() -> None:
+    from sparsity_lab import tune_
+
+    torch.manual_seed(0)
+    model = Encoder(32, 1, 2)
+    sparsify_(model, Semi24Config())
+    modes = {fqn: m.mode for fqn, m in tunable_layers(model).items()}
+    with pytest.raises(ValueError, match="stream='blocks.3' is not a submodule"):
+        tune_(model, (torch.randn(2, 5, 32),), stream="blocks.3")
+    column_major_stream_(model, "blocks.0")
+    with pytest.raises(ValueError, match="already column-major"):
+        tune_(model, (torch.randn(2, 5, 32),), stream="blocks.0")
+    assert {fqn: m.mode for fqn, m in tunable_layers(model).items()} == modes

@@ -171,6 +171,9 @@ def test_figures_from_the_recording(recorded) -> None:
     dense = next(r["ms"] for r in vit if r["variant"] == "dense" and not r["compiled"] and r["dtype"] == "bfloat16")
     first = next(r for r in vit if r["dtype"] == "bfloat16" and "ms" in r)
     assert bars.x[0] == pytest.approx(dense / first["ms"]) and len(fig.data) == 2  # bars and targets
+    for r in vit:  # where tune_(stream=) kept the model row-major, the bar says so
+        if r.get("streamed") is False and r["dtype"] == "bfloat16":
+            assert f"{r['variant']} ({'compiled' if r['compiled'] else 'eager'}, kept row-major)" in bars.y
     profile = plots.profile_figure(vit, "bfloat16")
     assert {trace.name for trace in profile.data} >= {"dense GEMM", "2:4 GEMM", "layout copies"}
     assert plots.llama_figure(llama).data

@@ -6,7 +6,9 @@ transformers from the ``models`` extra):
 * **ViT-L/16** (timm ``vit_large_patch16_224``, random weights, batch 128 at 224²): every linear but the head
   pruned to 2:4 by magnitude. Variants: dense eager and compiled; PyTorch's ``to_sparse_semi_structured``; ours
   2:4 with every layer forced sparse ("untuned": what a layer-by-layer swap gives) and tuned by `tune_` (each
-  group's mode from timings of one transformer block, eager or compiled), eager and compiled; int8 2:4
+  group's mode from timings of one transformer block, eager or compiled), eager and compiled; ours 2:4 "column-major
+  stream" (`tune_(stream="blocks.0")`: tuned with and without the stream, the faster whole model kept; the row says
+  which, and both models' times); int8 2:4
   (`Int8Config`) and FP8 e4m3 2:4 (`Fp8Config`); block-sparse MLPs (64 x 64 blocks at 90% and 50%,
   `BlockSparseConfig`); the int8, FP8 and block swaps also tuned by `tune_` (each group may stay dense).
 * **Llama-3-8B-shaped decoder** (``transformers`` ``LlamaForCausalLM`` from a config: hidden 4096, MLP 14336, 32
@@ -15,8 +17,10 @@ transformers from the ``models`` extra):
   CUDA graph (`semi24.layer.capture`; no KV cache, so attention covers the new token only and the step is the
   weight-bandwidth-bound part of decode; `--phases decode-compiled`: the same steps compiled by ``torch.compile``
   before capture, where Inductor fuses the small kernels around the linears). Variants: dense, ours 2:4 (`tune_` at
-  each shape: eager for prefill, from CUDA graphs for decode, where the decode kernels are candidates), ours 2:4
-  with a column-major stream (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for decode).
+  each shape: eager for prefill, from CUDA graphs for decode, where the decode kernels are candidates; `--phases
+  prefill-graphs`: prefill at batch 1 tuned and timed from CUDA graphs, where eager is host-bound), ours 2:4
+  with a column-major stream where it is faster (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for
+  decode).
 * **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`) at
   both models' shapes and the attention that reads a 2:4 qkv's output (`models.column_major_attention.
   attention_speed`) at ViT-L's, against PyTorch's on the layout a dense model has, per block size.
@@ -50,9 +54,9 @@ from sparsity_lab.dispatch import group_name, tunable_layers, tune_
 from sparsity_lab.models.column_major_attention import attention_speed
 from sparsity_lab.models.column_major_norm import norm_speed
 from sparsity_lab.models.profile import breakdown, kernel_times, top_kernels
-from sparsity_lab.models.stream import column_major_stream_
+from sparsity_lab.models.stream import is_streamed
 from sparsity_lab.semi24.matmul import prune24
-from sparsity_lab.sparsify import BlockSparseConfig, Fp8Config, Int8Config, Semi24Config, sparsify_
+from sparsity_lab.sparsify import BlockSparseConfig, Fp8Config, Int8Config, Report, Semi24Config, sparsify_
 from sparsity_lab.timing import bench_ms, resolve_device
 
 NAME = "models_gpu"
@@ -165,6 +169,15 @@ def _timed(model: Callable, inputs: tuple) -> float:
         return bench_ms(lambda: model(*inputs), rep_ms=400.0)
 
 
+def _replayed(model: Callable, inputs: tuple) -> float:
+    """Median ms of `model` on its one input replayed from a CUDA graph (captured now, after warm-up calls)."""
+    from sparsity_lab.semi24.layer import capture
+
+    with torch.no_grad():
+        graph = capture(lambda x: model(x), inputs[0])
+        return bench_ms(lambda: graph(inputs[0]), rep_ms=400.0)
+
+
 def _set_modes(model: nn.Module, mode: str) -> None:
     for layer in tunable_layers(model).values():
         layer.mode = mode
@@ -226,9 +239,9 @@ def run_vit(dtype: torch.dtype, device: torch.device, recorder: Recorder, batch:
     def streamed(compiled: bool) -> dict[str, Any]:
         model = copy.deepcopy(base)
         sparsify_(model, Semi24Config(), lambda m, fqn: fqn != "head")
-        column_major_stream_(model, "blocks.0")
-        modes = _tuned_modes(model, x, compiled)
-        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["other"]), "modes": modes}
+        tuning = tune_(model, x, block="blocks.0", compiled=compiled, stream="blocks.0")
+        out = {"rel_error": _checked(model, reference, x, MAX_RELATIVE_ERROR["other"]),
+               "modes": _group_modes(model)} | _stream_choice(model, tuning, "blocks.0")
         run = _compile(model) if compiled else model
         out["ms"] = _timed(run, x)
         return out | _profiled(run, x)
@@ -284,6 +297,12 @@ def _tuned_modes(model: nn.Module, x: tuple, compiled: bool = False) -> dict[str
     return _group_modes(model)
 
 
+def _stream_choice(model: nn.Module, tuning: Report, block: str) -> dict[str, Any]:
+    """What `tune_(stream=block)` chose: whether the model kept the stream, why, and both whole models' ms."""
+    return {"streamed": is_streamed(model), "stream_choice": tuning[block].what,
+            "stream_ms": tuning[block].timings}
+
+
 def _group_modes(model: nn.Module) -> dict[str, str]:
     """{`dispatch.group_name`: mode} of the model's tunable layers (one entry per group)."""
     return {group_name(fqn, layer): layer.mode for fqn, layer in tunable_layers(model).items()}
@@ -309,40 +328,45 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
     hidden = lambda out: out.last_hidden_state  # noqa: E731
     common = {"model": f"Llama-3-8B-shaped, {layers} layers", "dtype": str(dtype).replace("torch.", "")}
     mlp = ("gate_proj", "up_proj", "down_proj")
-    variants: dict[str, nn.Module] = {"dense": base}
     ours = copy.deepcopy(base)
     sparsify_(ours, Semi24Config())
-    variants["ours 2:4"] = ours
-    streamed = copy.deepcopy(ours)
-    column_major_stream_(streamed, "layers.0")
     blocks = block_prune_mlps(base, mlp, 0.9)
     block_dense = blocks
     block_ours = copy.deepcopy(blocks)
     sparsify_(block_ours, BlockSparseConfig(64, max_density=0.2), lambda m, fqn: fqn.endswith(mlp))
     generator = torch.Generator(device=device).manual_seed(0)
-    for batch in (1, 8) if "prefill" in phases else ():
+    # eager prefill, and at batch 1 also replayed from CUDA graphs: there eager is host-bound (the Python of the
+    # decoder's layers takes about as long as their GPU work), so only a replay shows what the GPU gains
+    prefills = [(batch, False) for batch in (1, 8) if "prefill" in phases] + [(1, True)] * ("prefill-graphs" in phases)
+    for batch, graphs in prefills:
         ids = (torch.randint(0, 128256, (batch, 2048), device=device, generator=generator),)
         with torch.no_grad():
             reference = hidden(base(*ids, use_cache=False))
             block_reference = hidden(block_dense(*ids, use_cache=False))
         for name, model, ref in (("dense", base, reference), ("ours 2:4", ours, reference),
-                                 ("ours 2:4 column-major stream", streamed, reference),
+                                 ("ours 2:4 column-major stream", ours, reference),
                                  ("ours block 64 90% MLP", block_ours, block_reference)):
-            def prefill(model: nn.Module = model, ref: torch.Tensor = ref, name: str = name, ids: tuple = ids
-                        ) -> dict[str, Any]:
+            def prefill(model: nn.Module = model, ref: torch.Tensor = ref, name: str = name, ids: tuple = ids,
+                        graphs: bool = graphs) -> dict[str, Any]:
                 call = lambda ids: model(ids, use_cache=False)  # noqa: E731
                 out: dict[str, Any] = {}
-                if name.startswith("ours 2:4"):
-                    tuning = tune_(model, ids, block="layers.0")
+                if "stream" in name:  # a fresh copy: the stream is chosen anew at each shape
+                    model = copy.deepcopy(model)  # `call` runs the copy
+                    tuning = tune_(model, ids, block="layers.0", stream="layers.0", graphs=graphs)
+                    out |= _stream_choice(model, tuning, "layers.0")
+                elif name.startswith("ours"):
+                    tuning = tune_(model, ids, block="layers.0", graphs=graphs)
+                if name.startswith("ours"):
                     out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
                 out["rel_error"] = _checked(call, ref, ids, MAX_RELATIVE_ERROR["other"], hidden)
-                out["ms"] = _timed(call, ids)
+                out["ms"] = (_replayed if graphs else _timed)(call, ids)
                 return out
 
             twin = block_dense if "block" in name else base  # the dense model with the same weights, timed after
-            recorder.variant("llama", {**common, "phase": "prefill", "batch": batch, "tokens": 2048,
-                                       "variant": name}, prefill,
-                             lambda twin=twin, ids=ids: _timed(lambda i: twin(i, use_cache=False), ids))
+            recorder.variant("llama", {**common, "phase": "prefill from a CUDA graph" if graphs else "prefill",
+                                       "batch": batch, "tokens": 2048, "variant": name}, prefill,
+                             lambda twin=twin, ids=ids, graphs=graphs: (_replayed if graphs else _timed)(
+                                 lambda i: twin(i, use_cache=False), ids))
     decodes = [compiled for compiled, phase in ((False, "decode"), (True, "decode-compiled")) if phase in phases]
     for compiled in decodes:
         for batch in (1, 16):
@@ -376,17 +400,19 @@ def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
     ViT-L's (LayerNorm) and the Llama-shaped prefill's (RMSNorm) shapes per token block, and the attention that
     reads a 2:4 qkv's output at ViT-L's shape per (query, key) block."""
     name = str(dtype).replace("torch.", "")
+    norm_speed(25216, 1024, dtype)  # untimed: an idle GPU's clock is still low for the first row
     for tokens, features, rms in ((25216, 1024, False), (16384, 4096, True)):
         for block_m in (0, 16, 32, 64):
             row = {"model": "norm", "dtype": name, "phase": f"{tokens}x{features}", "compiled": False,
                    "variant": f"column-major {'RMSNorm' if rms else 'LayerNorm'}, block_m {block_m or 'default'}"}
             recorder.variant("stream", row, lambda t=tokens, f=features, r=rms, b=block_m: norm_speed(
                 t, f, dtype, r, block_m=b))
-    for block_m, block_n in ((64, 64), (128, 64), (64, 32), (32, 64)):
+    for block_m, block_n, warps, stages in ((64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3)):
         row = {"model": "attention", "dtype": name, "phase": "128 images x 197 tokens, 16 heads x 64",
-               "variant": f"column-major attention, block {block_m} x {block_n}", "compiled": False}
-        recorder.variant("stream", row, lambda m=block_m, n=block_n: attention_speed(
-            dtype=dtype, block_m=m, block_n=n))
+               "variant": f"column-major attention, block {block_m} x {block_n}, {warps} warps, {stages} stages",
+               "compiled": False}
+        recorder.variant("stream", row, lambda m=block_m, n=block_n, w=warps, s=stages: attention_speed(
+            dtype=dtype, block_m=m, block_n=n, warps=w, stages=s))
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -419,15 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="", help="comma-separated words: run only variants named with one")
     parser.add_argument("--update", action="store_true", help="keep the results file's rows not measured again")
     parser.add_argument("--phases", default="prefill,decode",
-                        help="Llama phases, comma-separated: prefill, decode, decode-compiled")
+                        help="Llama phases, comma-separated: prefill, prefill-graphs, decode, decode-compiled")
     args = parser.parse_args(argv)
     device = resolve_device("cuda", f"{NAME}.json")
     if device is None:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
     phases = tuple(args.phases.split(","))
-    if not set(phases) <= {"prefill", "decode", "decode-compiled"}:
-        parser.error(f"--phases takes prefill, decode and/or decode-compiled, got {args.phases!r}")
+    if not set(phases) <= {"prefill", "prefill-graphs", "decode", "decode-compiled"}:
+        parser.error(f"--phases takes prefill, prefill-graphs, decode and/or decode-compiled, got {args.phases!r}")
     only = tuple(word for word in args.variants.split(",") if word)
     recorder = Recorder(args.out, device, lambda line: print(line, flush=True), only, args.update)
     for dtype_name in args.dtypes.split(","):

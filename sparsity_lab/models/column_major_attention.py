@@ -7,16 +7,20 @@ qkv can be 2:4 too.
 
 Layout, for B images of N tokens (M = B·N), H heads of HD features, C = H·HD, and D = qkvᵀ row-major (3C, M):
 
-    q[b, h, n, :] = D[0C + h·HD : 0C + (h+1)·HD, b·N + n]      one program: BLOCK_M queries of one (b, h);
-    k[b, h, n, :] = D[1C + h·HD : ..., b·N + n]                 every load is a tile whose rows are features and
-    v[b, h, n, :] = D[2C + h·HD : ..., b·N + n]                 whose columns are consecutive tokens (coalesced)
+    q[b, h, n, :] = D[0C + h·HD : 0C + (h+1)·HD, b·N + n]      every load is a tile whose rows are features and
+    k[b, h, n, :] = D[1C + h·HD : ..., b·N + n]                 whose columns are consecutive tokens (coalesced)
+    v[b, h, n, :] = D[2C + h·HD : ..., b·N + n]
     o[b·N + n, h·HD + d]                                        written row-major (M, C), for proj
 
 It is flash attention's forward (a running max and sum per query, softmax in base 2), non-causal, no mask, no
-dropout: what timm's ViT runs. Kᵀ tiles arrive as `tl.dot` wants them; q and v tiles are turned around by Triton.
-Reference: `attention_t_reference` (``F.scaled_dot_product_attention`` on q, k, v cut from D). Benchmark:
-`attention_speed` (ours on D against PyTorch's SDPA on the row-major q, k, v a dense qkv writes). Under
-``torch.compile`` the kernel is the custom op ``sparsity_lab::attention_t``.
+dropout: what timm's ViT runs. One program takes BLOCK_M consecutive token columns of D for one head -- queries of
+one image, or of two where an image ends inside the tile -- and runs over the key tiles that cover their images,
+each query seeing the keys of its own image only (a mask). Tiles start at multiples of the block size, not at
+b·N, so Triton can prove their alignment and load them in wide vectors: tiling per image (starting at token b·197)
+made every load element-wise and the kernel 2.2x slower. Kᵀ tiles arrive as `tl.dot` wants them; q and v tiles
+are turned around by Triton. Reference: `attention_t_reference` (``F.scaled_dot_product_attention`` on q, k, v
+cut from D). Benchmark: `attention_speed` (ours on D against PyTorch's SDPA on the row-major q, k, v a dense qkv
+writes). Under ``torch.compile`` the kernel is the custom op ``sparsity_lab::attention_t``.
 """
 
 from __future__ import annotations
@@ -33,40 +37,43 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _attention_t_kernel(d_ptr, o_ptr, M, N, C, H, qk_scale, HD: tl.constexpr, BLOCK_M: tl.constexpr,
+    def _attention_t_kernel(d_ptr, o_ptr, M, N, C, qk_scale, HD: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, WIDEN: tl.constexpr):
-        b, h = tl.program_id(1) // H, tl.program_id(1) % H
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # queries, within image b
+        h, first = tl.program_id(1), tl.program_id(0) * BLOCK_M
+        rows = first + tl.arange(0, BLOCK_M)  # queries: token columns of D, of one image or two
         feats = tl.arange(0, HD)
-        first = b * N  # image b's first token column in D
-        q = tl.load(d_ptr + (h * HD + feats)[None, :].to(tl.int64) * M + first + rows[:, None],
-                    mask=rows[:, None] < N, other=0.0)  # (BLOCK_M, HD), unit stride along the queries
-        if WIDEN:  # Triton's CPU interpreter multiplies bfloat16 wrongly: float32 there
+        image_start = (tl.minimum(rows, M - 1) // N) * N  # each query's image: keys image_start .. + N
+        q = tl.load(d_ptr + (h * HD + feats)[None, :].to(tl.int64) * M + rows[:, None],
+                    mask=rows[:, None] < M, other=0.0)  # (BLOCK_M, HD)
+        if WIDEN:
             q = q.to(tl.float32)
-        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        m_i = tl.full((BLOCK_M,), -1e30, dtype=tl.float32)  # finite: a key tile may hold no key of a query
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)  # keys
-            k_t = tl.load(d_ptr + (C + h * HD + feats)[:, None].to(tl.int64) * M + first + cols[None, :],
-                          mask=cols[None, :] < N, other=0.0)  # (HD, BLOCK_N): Kᵀ as it lies
+        keys_from = first // N * N // BLOCK_N  # the key tile holding the first image's first token
+        keys_to = ((tl.minimum(first + BLOCK_M, M) - 1) // N + 1) * N  # past the last image's last token
+        for tile in range(keys_from, tl.cdiv(keys_to, BLOCK_N)):
+            cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # keys, from a multiple of BLOCK_N: aligned loads
+            k_t = tl.load(d_ptr + (C + h * HD + feats)[:, None].to(tl.int64) * M + cols[None, :],
+                          mask=cols[None, :] < M, other=0.0)  # (HD, BLOCK_N): Kᵀ as it lies
             if WIDEN:
                 k_t = k_t.to(tl.float32)
-            s = tl.dot(q, k_t) * qk_scale  # log2-scaled scores
-            s = tl.where(cols[None, :] < N, s, float("-inf"))
+            s = tl.dot(q, k_t) * qk_scale
+            own = (cols[None, :] >= image_start[:, None]) & (cols[None, :] < image_start[:, None] + N)
+            s = tl.where(own, s, float("-inf"))  # a query sees the keys of its own image only
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(d_ptr + (2 * C + h * HD + feats)[None, :].to(tl.int64) * M + first + cols[:, None],
-                        mask=cols[:, None] < N, other=0.0)  # (BLOCK_N, HD)
+            v = tl.load(d_ptr + (2 * C + h * HD + feats)[None, :].to(tl.int64) * M + cols[:, None],
+                        mask=cols[:, None] < M, other=0.0)  # (BLOCK_N, HD)
             if WIDEN:
                 v = v.to(tl.float32)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         acc = acc / l_i[:, None]
-        tl.store(o_ptr + (first + rows)[:, None].to(tl.int64) * C + h * HD + feats[None, :],
-                 acc.to(o_ptr.dtype.element_ty), mask=rows[:, None] < N)
+        tl.store(o_ptr + rows[:, None].to(tl.int64) * C + h * HD + feats[None, :],
+                 acc.to(o_ptr.dtype.element_ty), mask=rows[:, None] < M)
 
 
 def attention_t_reference(d: torch.Tensor, images: int, heads: int) -> torch.Tensor:
@@ -90,8 +97,11 @@ def check_operands(d: torch.Tensor, images: int, heads: int) -> None:
 
 
 @torch.library.custom_op("sparsity_lab::attention_t", mutates_args=())
-def attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
-    """Self-attention of `images` sequences from D = qkvᵀ (3C, M) row-major: o (M, C) row-major."""
+def attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64, warps: int = 4,
+                stages: int = 3) -> torch.Tensor:
+    """Self-attention of `images` sequences from D = qkvᵀ (3C, M) row-major: o (M, C) row-major. `block_m`
+    queries and `block_n` keys per tile, `warps` and `stages` (software pipelining) per program: the defaults
+    measured fastest at ViT-L's shape on an H200 (docs/performance/models.md)."""
     check_operands(d, images, heads)
     d = d.contiguous()
     c = d.shape[0] // 3
@@ -101,14 +111,16 @@ def attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, blo
     m, tokens, head_dim = d.shape[1], d.shape[1] // images, c // heads
     out = torch.empty((m, c), dtype=d.dtype, device=d.device)
     scale = head_dim ** -0.5 * 1.4426950408889634  # softmax in base 2
-    _attention_t_kernel[(triton.cdiv(tokens, block_m), images * heads)](
-        d, out, m, tokens, c, heads, scale, HD=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        WIDEN=d.dtype == torch.bfloat16 and triton_interpreting(), num_warps=4)
+    widen = d.dtype == torch.bfloat16 and triton_interpreting()
+    _attention_t_kernel[(triton.cdiv(m, block_m), heads)](
+        d, out, m, tokens, c, scale, HD=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, WIDEN=widen, num_warps=warps,
+        num_stages=stages)
     return out
 
 
 @attention_t.register_fake
-def _(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+def _(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64, warps: int = 4,
+      stages: int = 3) -> torch.Tensor:
     return d.new_empty((d.shape[1], d.shape[0] // 3))
 
 
@@ -174,8 +186,8 @@ def unfit(attention: nn.Module) -> str | None:
 
 
 def attention_speed(images: int = 128, tokens: int = 197, heads: int = 16, head_dim: int = 64,
-                    dtype: torch.dtype = torch.bfloat16, block_m: int = 64, block_n: int = 64,
-                    device: str = "cuda") -> dict[str, float]:
+                    dtype: torch.dtype = torch.bfloat16, block_m: int = 64, block_n: int = 64, warps: int = 4,
+                    stages: int = 3, device: str = "cuda") -> dict[str, float]:
     """Median ms of ViT-L's attention (by default): ours from D (3C, M), PyTorch's SDPA on the row-major q, k, v a
     dense qkv writes, and SDPA after copying D to that layout; and ours' relative error against SDPA."""
     from sparsity_lab.checks import relative_error
@@ -191,7 +203,9 @@ def attention_speed(images: int = 128, tokens: int = 197, heads: int = 16, head_
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(images * tokens, width)
 
     with torch.no_grad():
-        return {"ours_from_d_ms": bench_ms(lambda: attention_t(d, images, heads, block_m, block_n), device),
-                "sdpa_row_major_ms": bench_ms(lambda: sdpa(y), device),
+        def ours() -> torch.Tensor:
+            return attention_t(d, images, heads, block_m, block_n, warps, stages)
+
+        return {"ours_from_d_ms": bench_ms(ours, device), "sdpa_row_major_ms": bench_ms(lambda: sdpa(y), device),
                 "sdpa_after_copy_ms": bench_ms(lambda: sdpa(d.t().contiguous()), device),
-                "rel_error": relative_error(attention_t(d, images, heads, block_m, block_n), sdpa(y))}
+                "rel_error": relative_error(ours(), sdpa(y))}

@@ -17,7 +17,8 @@ LAYOUT_COLORS = {"row-major": "#1f77b4", "column-major": "#ff7f0e", "strided": "
 
 
 def _label(row: dict[str, Any]) -> str:
-    return f"{row['variant']} ({'compiled' if row.get('compiled') else 'eager'})"
+    kept = ", kept row-major" if row.get("streamed") is False else ""  # tune_(stream=) found the stream slower
+    return f"{row['variant']} ({'compiled' if row.get('compiled') else 'eager'}{kept})"
 
 
 def speedup_figure(rows: Sequence[dict[str, Any]], dtype: str = "bfloat16", caption: str = "",

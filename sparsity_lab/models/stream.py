@@ -12,7 +12,8 @@ the input of its first block on. Then per block
 
 and the only copy left is the one at the stream's entry. A dense layer that writes into the stream takes the
 mode "dense-colmajor" (cuBLAS writes yᵀ, the same layout at the same speed); `dispatch.tune_` chooses each
-group's mode by timing the streamed model, as for a row-major one.
+group's mode by timing the streamed model, as for a row-major one, and with ``stream=`` whether the stream is
+kept at all (the model tuned with and without it, timed whole: compiled, Inductor's fusions can favour row-major).
 
 What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm``, ``LlamaRMSNorm``) and, with
 ``attention=True``, every self-attention `ColumnMajorAttention` takes (timm's ViT ``Attention``, our encoder's) is
