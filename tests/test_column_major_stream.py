@@ -134,9 +134,12 @@ def test_norm_keeps_the_layout_it_is_given(index: int) -> None:
     assert ours(x).is_contiguous()
     col = to_column_major(x)
     assert columns(col) is not None and columns(x) is None and torch.equal(col, x)
-    y = ours(col)
+    with torch.no_grad():
+        y = ours(col)
     assert columns(y) is not None  # column-major in, column-major out
     torch.testing.assert_close(y, norm(x), rtol=1e-5, atol=1e-5)
+    if any(p.requires_grad for p in ours.parameters()):  # with gradients: PyTorch's norm, any layout in
+        torch.testing.assert_close(ours(col), norm(x), rtol=1e-6, atol=1e-6)
     assert set(dict(ours.named_parameters())) == set(dict(norm.named_parameters()))  # the state-dict keys stay
 
 
@@ -191,6 +194,22 @@ def test_streamed_encoder_computes_the_same_and_copies_nothing_inside() -> None:
         assert seen[f"{block}.mlp.fc2"] == (col, col)
         assert before[f"{block}.norm1"] == (row, row)  # the model without a stream: row-major throughout
     assert layout(torch.randn(4, 6)[:, :3]) == "strided" and layout(None) == "NoneType"
+
+
+def test_streamed_encoder_trains_like_the_unstreamed_one() -> None:
+    """The norm and attention kernels have no backward: a call that needs gradients goes through PyTorch's own
+    ops, so the streamed model's gradients are the model's (and its no-grad calls still keep the layout)."""
+    reference, model = _streamed()
+    x = torch.randn(3, 10, 64)
+    model(x).square().mean().backward()
+    reference(x).square().mean().backward()
+    grads = {name: p.grad for name, p in reference.named_parameters() if p.requires_grad}  # the norms, the head
+    assert len(grads) >= 6 and all(grad is not None for grad in grads.values())
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert layouts(model, (x,))["blocks.0.norm2"] == ("column-major", "column-major")
 
 
 def test_streamed_attention_reads_a_column_major_qkv_as_it_lies() -> None:

@@ -96,9 +96,8 @@ def check_operands(d: torch.Tensor, images: int, heads: int) -> None:
         raise ValueError(f"head dimension {head_dim}: the kernel takes a power of two, at least 16")
 
 
-@torch.library.custom_op("sparsity_lab::attention_t", mutates_args=())
-def attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64, warps: int = 4,
-                stages: int = 3) -> torch.Tensor:
+def _attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, block_n: int = 64, warps: int = 4,
+                 stages: int = 3) -> torch.Tensor:
     """Self-attention of `images` sequences from D = qkvᵀ (3C, M) row-major: o (M, C) row-major. `block_m`
     queries and `block_n` keys per tile, `warps` and `stages` (software pipelining) per program: the defaults
     measured fastest at ViT-L's shape on an H200 (docs/performance/models.md)."""
@@ -116,6 +115,11 @@ def attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, blo
         d, out, m, tokens, c, scale, HD=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, WIDEN=widen, num_warps=warps,
         num_stages=stages)
     return out
+
+
+# The custom op is what ``torch.compile`` sees; an eager call runs `_attention_t` itself (the op's dispatch costs
+# more host time than the kernel's launch).
+attention_t = torch.library.custom_op("sparsity_lab::attention_t", _attention_t, mutates_args=())
 
 
 @attention_t.register_fake
@@ -157,7 +161,8 @@ class ColumnMajorAttention(nn.Module):
         plain = attn_mask is None and not is_causal and not (torch.is_grad_enabled() and qkv.requires_grad)
         d = columns(qkv) if plain else None
         if d is not None:
-            o = torch.ops.sparsity_lab.attention_t(d, batch, self.heads).reshape(batch, tokens, width)
+            op = torch.ops.sparsity_lab.attention_t if torch.compiler.is_compiling() else _attention_t
+            o = op(d, batch, self.heads).reshape(batch, tokens, width)
         else:
             q, k, v = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)

@@ -20,9 +20,10 @@ What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm
 swapped for one sharing its weights, which takes either layout (so a norm before the stream computes as before);
 a forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
 ``hidden_states=``) column-major. Values are unchanged: the streamed model computes what it computed before, up to
-the order of float sums. All or nothing: a name that is not a submodule, or a model already streamed, is refused
-before anything changes. `remove_column_major_stream_` undoes the entry hook; `layouts` shows what each norm,
-attention and linear reads and writes.
+the order of float sums; a call that needs gradients runs PyTorch's norm and SDPA (the kernels have no
+backward), so a streamed model trains as before. All or nothing: a name that is not a submodule, or a model
+already streamed, is refused before anything changes. `remove_column_major_stream_` undoes the entry hook;
+`layouts` shows what each norm, attention and linear reads and writes.
 """
 
 from __future__ import annotations
