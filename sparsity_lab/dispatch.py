@@ -245,9 +245,7 @@ def _tune_with_stream(model: torch.nn.Module, example: tuple, stream: str, optio
     if is_streamed(model):
         raise ValueError("the model's residual stream is already column-major: pass the model without it, "
                          "stream= times both; nothing was changed")
-    if not isinstance(example, tuple):
-        raise TypeError(f"example must be a tuple of the model's inputs, got {type(example).__name__}")
-    streamed = copy.deepcopy(model)
+    streamed = copy.deepcopy(model)  # tune_ checks `example` on the copy first: a refusal leaves `model` as it was
     streamed_report = column_major_stream_(streamed, stream)
     streamed_report.update(tune_(streamed, example, **options))
     previous = {layer: layer.mode for layer in tunable_layers(model).values()}

@@ -437,12 +437,16 @@ def test_tune_with_a_stream_refuses_bad_input_and_changes_nothing() -> None:
     from sparsity_lab import tune_
 
     torch.manual_seed(0)
-    model = Encoder(32, 1, 2)
+    model = Encoder(64, 1, 2)
     sparsify_(model, Semi24Config())
     modes = {fqn: m.mode for fqn, m in tunable_layers(model).items()}
+    assert modes
     with pytest.raises(ValueError, match="stream='blocks.3' is not a submodule"):
-        tune_(model, (torch.randn(2, 5, 32),), stream="blocks.3")
+        tune_(model, (torch.randn(2, 5, 64),), stream="blocks.3")
+    with pytest.raises(TypeError, match="example must be a tuple"):
+        tune_(model, torch.randn(2, 5, 64), stream="blocks.0")
+    assert not is_streamed(model) and isinstance(model.blocks[0].norm1, nn.LayerNorm)
     column_major_stream_(model, "blocks.0")
     with pytest.raises(ValueError, match="already column-major"):
-        tune_(model, (torch.randn(2, 5, 32),), stream="blocks.0")
+        tune_(model, (torch.randn(2, 5, 64),), stream="blocks.0")
     assert {fqn: m.mode for fqn, m in tunable_layers(model).items()} == modes

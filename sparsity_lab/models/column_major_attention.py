@@ -45,7 +45,7 @@ if triton_available():
         image_start = (tl.minimum(rows, M - 1) // N) * N  # each query's image: keys image_start .. + N
         q = tl.load(d_ptr + (h * HD + feats)[None, :].to(tl.int64) * M + rows[:, None],
                     mask=rows[:, None] < M, other=0.0)  # (BLOCK_M, HD)
-        if WIDEN:
+        if WIDEN:  # Triton's CPU interpreter multiplies bfloat16 wrongly: float32 there
             q = q.to(tl.float32)
         m_i = tl.full((BLOCK_M,), -1e30, dtype=tl.float32)  # finite: a key tile may hold no key of a query
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -58,7 +58,7 @@ if triton_available():
                           mask=cols[None, :] < M, other=0.0)  # (HD, BLOCK_N): Kᵀ as it lies
             if WIDEN:
                 k_t = k_t.to(tl.float32)
-            s = tl.dot(q, k_t) * qk_scale
+            s = tl.dot(q, k_t) * qk_scale  # log2-scaled scores
             own = (cols[None, :] >= image_start[:, None]) & (cols[None, :] < image_start[:, None] + N)
             s = tl.where(own, s, float("-inf"))  # a query sees the keys of its own image only
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
