@@ -143,14 +143,15 @@ def _block_inputs(model: torch.nn.Module, block: torch.nn.Module, example: tuple
 
 def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, compiled: bool = False,
           graphs: bool = False, margin: float = 0.97, rounds: int = 2, warmup: int = 5, reps: int = 15,
-          check_model: bool = True, stream: str | None = None) -> Report:
+          check_model: bool = True, stream: str | None = None, start: str = "dense") -> Report:
     """Choose each tunable layer's mode by timing the model as a whole, in place; returns a `Report` saying, per layer,
     what was chosen and the timings it rests on.
 
     Why: a layer timed alone (what `Dispatcher` does per shape) cannot see what its output layout costs the ops
     after it -- a 2:4 layer's column-major y is free for a GELU and the next 2:4 layer but makes a residual add,
     LayerNorm or attention copy it. Here the layers are grouped by name with block indices starred (every
-    ``blocks.*.mlp.fc1`` is one group). Starting from all dense, each group in model order takes the mode
+    ``blocks.*.mlp.fc1`` is one group). Starting from every layer in mode `start` ("dense"; "sparse" where the
+    layouts only pay off together, as in a column-major stream), each group in model order takes the mode
     (``TUNE_MODES``) under which the model -- or only its submodule `block` (e.g. ``"blocks.0"``), run on the inputs
     it receives from `example` -- measured fastest, if that is at most `margin` of the time with the group dense;
     `rounds` passes over the groups let a choice see the ones made after it (fc1's column-major output pays off only
@@ -163,15 +164,21 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     layer dense, in turn, the same way; if the choices made it slower every layer goes back to "dense", since
     one block cannot see everything the model does with its outputs. `stream` (a block name, e.g. ``"blocks.0"``):
     the layout is a choice too -- a copy of the model gets a column-major residual stream from that block on
-    (`models.stream.column_major_stream_`) and is tuned the same way, both whole models are timed in turn, and
-    `model` becomes the streamed one (with the copy's modes) only if it took at most `margin` of the row-major
+    (`models.stream.column_major_stream_`) and is tuned the same way, starting from "sparse" (from dense, a
+    single 2:4 group in a dense stream pays for layouts the others would share), then timed whole with those
+    modes and with every layer "sparse" (the faster kept); both whole models are timed in turn, and `model`
+    becomes the streamed one (with the copy's modes) only if it took at most `margin` of the row-major
     time, as for a layer's mode; otherwise it stays row-major with its own."""
     from sparsity_lab.sparsify import LayerReport, Report
 
+    for fqn, layer in tunable_layers(model).items():
+        if start not in layer.TUNE_MODES:
+            raise ValueError(f"start={start!r} is not a mode of {fqn} ({type(layer).__name__}: {layer.TUNE_MODES}); "
+                             f"nothing was changed")
     if stream is not None:
         return _tune_with_stream(model, example, stream, dict(
             block=block, compiled=compiled, graphs=graphs, margin=margin, rounds=rounds, warmup=warmup, reps=reps,
-            check_model=check_model))
+            check_model=check_model), start)
     layers = tunable_layers(model)
     if not layers:
         raise ValueError("model has no layer tune_ can set (swap some first, e.g. sparsify_(model, Semi24Config()))")
@@ -191,7 +198,7 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     chosen: dict[str, Decision] = {}
     try:
         for layer in layers.values():
-            layer.mode = "dense"
+            layer.mode = start
         for round_ in range(rounds):
             for name, members in groups.items():
                 modes = [m for m in members[0].TUNE_MODES if m != "dense"
@@ -229,10 +236,10 @@ def tune_(model: torch.nn.Module, example: tuple, block: str | None = None, comp
     return report
 
 
-def _tune_with_stream(model: torch.nn.Module, example: tuple, stream: str, options: dict) -> Report:
-    """`tune_` with `stream`: the model tuned row-major and a copy tuned with a column-major stream from `stream`,
-    the two timed whole, in turn; `model` left as the faster one. Refused before anything changes where the block
-    is missing or the model is already streamed."""
+def _tune_with_stream(model: torch.nn.Module, example: tuple, stream: str, options: dict, start: str) -> Report:
+    """`tune_` with `stream`: the model tuned row-major from `start` and a copy tuned with a column-major stream from
+    `stream`, starting from "sparse", the two timed whole, in turn; `model` left as the faster one. Refused before
+    anything changes where the block is missing or the model is already streamed."""
     import copy
 
     from sparsity_lab.models.stream import column_major_stream_, is_streamed
@@ -247,10 +254,11 @@ def _tune_with_stream(model: torch.nn.Module, example: tuple, stream: str, optio
                          "stream= times both; nothing was changed")
     streamed = copy.deepcopy(model)  # tune_ checks `example` on the copy first: a refusal leaves `model` as it was
     streamed_report = column_major_stream_(streamed, stream)
-    streamed_report.update(tune_(streamed, example, **options))
-    previous = {layer: layer.mode for layer in tunable_layers(model).values()}
-    report = tune_(model, example, **options)
+    streamed_report.update(tune_(streamed, example, **options, start="sparse"))
     compiled, graphs = options["compiled"], options["graphs"]
+    _prefer_all_sparse(streamed, example, streamed_report, options)
+    previous = {layer: layer.mode for layer in tunable_layers(model).values()}
+    report = tune_(model, example, **options, start=start)
     try:
         verdict = Dispatcher(margin=options["margin"], warmup=options["warmup"], reps=options["reps"], interleave=3,
                              baseline="row-major").choose(("the stream",), lambda: {
@@ -273,6 +281,34 @@ def _tune_with_stream(model: torch.nn.Module, example: tuple, stream: str, optio
     streamed_report[stream] = LayerReport(True, f"column-major stream from here on: the whole model "
                                                 f"{verdict.reason}", verdict.timings)
     return streamed_report
+
+
+def _prefer_all_sparse(streamed: torch.nn.Module, example: tuple, report: Report, options: dict) -> None:
+    """The streamed model timed whole with its tuned modes and with every layer "sparse" (the layout the stream is
+    built for), in turn; the faster kept, and said in `report`. A block timed alone cannot see the copies a dense
+    layer's row-major output costs the next block (compiled, Inductor lays a block's output out as it likes)."""
+    from sparsity_lab.sparsify import LayerReport
+
+    layers = tunable_layers(streamed)
+    tuned = {layer: layer.mode for layer in layers.values()}
+    every = dict.fromkeys(layers.values(), "sparse")
+    if tuned == every:
+        return
+    compiled, graphs = options["compiled"], options["graphs"]
+    try:
+        verdict = Dispatcher(margin=1.0, warmup=options["warmup"], reps=options["reps"], interleave=3,
+                             baseline="tuned").choose(("every layer sparse",), lambda: {
+            "tuned": _trial_modes(tuned, streamed, example, {}, compiled, graphs),
+            "every layer sparse": _trial_modes(every, streamed, example, {}, compiled, graphs)})
+    finally:
+        if compiled:
+            torch._dynamo.reset()
+    chosen = every if verdict.choice == "every layer sparse" else tuned
+    for fqn, layer in layers.items():
+        layer.mode = chosen[layer]
+        if verdict.choice == "every layer sparse":
+            report[fqn] = LayerReport(True, f"sparse: the whole streamed model {verdict.reason} (the block had "
+                                            f"chosen {tuned[layer]!r})", verdict.timings)
 
 
 def _trial(members: list[torch.nn.Module], mode: str, target: torch.nn.Module, args: tuple, kwargs: dict,

@@ -4,8 +4,10 @@ Hugging Face Llama: same outputs, the layouts each op sees, all-or-nothing refus
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -375,8 +377,45 @@ def test_norm_speed_times_ours_against_pytorch_and_checks_it(rms: bool) -> None:
     assert all(out[k] > 0 for k in ("ours_column_major_ms", "torch_row_major_ms", "torch_column_major_ms"))
 
 
-if __name__ == "__main__":  # run by the `interpreted` fixture, with TRITON_INTERPRET=1
-    print(json.dumps(_run_cases()))
+@contextlib.contextmanager
+def _stand_in_clock(monkeypatch: pytest.MonkeyPatch, cost: Callable[[bool, bool, list[str]], float]):
+    """`tune_`'s timers replaced by `cost(streamed, whole, modes)`: whether the call ran a streamed model, whether it
+    ran a whole model (not only a block), and the modes of the model that last ran whole."""
+    from sparsity_lab import dispatch as dispatch_module
+    from sparsity_lab.models import stream as stream_module
+
+    ran: dict = {"streamed": False, "whole": False, "model": None}
+    entry = stream_module.to_column_major
+
+    def marked(x: torch.Tensor) -> torch.Tensor:  # the stream's entry hook turns the input column-major
+        ran["streamed"] = True
+        return entry(x)
+
+    def fake_ms(fn, *args, **kwargs) -> float:
+        ran["streamed"] = ran["whole"] = False
+        with torch.no_grad():
+            fn()
+        return cost(ran["streamed"], ran["whole"], [m.mode for m in tunable_layers(ran["model"]).values()])
+
+    def which(module: nn.Module, args: tuple) -> None:
+        if isinstance(module, Encoder):
+            ran["model"], ran["whole"] = module, True
+
+    monkeypatch.setattr(stream_module, "to_column_major", marked)
+    monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
+    monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(which)
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+def _encoder_24() -> nn.Module:
+    torch.manual_seed(0)
+    model = Encoder(64, 2, 4).eval()
+    sparsify_(model, Semi24Config())
+    return model
 
 
 @pytest.mark.parametrize("stream_gain", [0.3, 0.05, -0.3])
@@ -386,41 +425,17 @@ def test_tune_keeps_the_stream_only_where_the_whole_model_is_faster(monkeypatch:
     "sparse-rowmajor" streamed), and `stream_gain` less when it runs streamed. tune_(stream=) leaves the model
     streamed with the streamed copy's modes only where that won by the margin (3% of 6.4: a gain of 0.05 is not
     enough); it computes what it did before either way."""
-    from sparsity_lab import dispatch as dispatch_module
     from sparsity_lab import tune_
-    from sparsity_lab.models import stream as stream_module
 
-    torch.manual_seed(0)
-    reference = Encoder(64, 2, 4).eval()
-    sparsify_(reference, Semi24Config())
+    reference = _encoder_24()
     model = copy.deepcopy(reference)
-    ran: dict = {"streamed": False}
-    entry = stream_module.to_column_major
 
-    def marked(x: torch.Tensor) -> torch.Tensor:  # the stream's entry hook turns the input column-major
-        ran["streamed"] = True
-        return entry(x)
+    def cost(streamed: bool, whole: bool, modes: list[str]) -> float:
+        best = "sparse-rowmajor" if streamed else "sparse"
+        return 8.0 - 0.2 * modes.count(best) - (stream_gain if streamed else 0.0)
 
-    def fake_ms(fn, *args, **kwargs) -> float:
-        ran["streamed"] = False
-        with torch.no_grad():
-            fn()
-        best = "sparse-rowmajor" if ran["streamed"] else "sparse"
-        modes = [m.mode for m in tunable_layers(ran["model"]).values()]
-        return 8.0 - 0.2 * modes.count(best) - (stream_gain if ran["streamed"] else 0.0)
-
-    def which(module: nn.Module, args: tuple) -> None:
-        if isinstance(module, Encoder):
-            ran["model"] = module  # the model copy that ran
-
-    monkeypatch.setattr(stream_module, "to_column_major", marked)
-    monkeypatch.setattr(dispatch_module, "event_ms", fake_ms)
-    monkeypatch.setattr(dispatch_module, "loop_ms", fake_ms)
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(which)
-    try:
+    with _stand_in_clock(monkeypatch, cost):
         report = tune_(model, (torch.randn(2, 10, 64),), stream="blocks.0")
-    finally:
-        hook.remove()
     streamed = stream_gain > 0.2
     assert is_streamed(model) == streamed and report["blocks.0"].changed == streamed
     assert report["blocks.0"].what.startswith("column-major stream" if streamed else "row-major")
@@ -431,6 +446,64 @@ def test_tune_keeps_the_stream_only_where_the_whole_model_is_faster(monkeypatch:
     x = torch.randn(3, 10, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tune_starts_the_streamed_copy_from_sparse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in clock where the stream pays only with every linear 2:4 together (6.0 against 8.0 dense), while a
+    lone 2:4 group in it costs a layout (0.1 each). From all dense no single group would move; the streamed copy
+    starts from "sparse", keeps it and wins; the row-major model (no gain from sparsity here) stays dense."""
+    from sparsity_lab import tune_
+
+    model = _encoder_24()
+
+    def cost(streamed: bool, whole: bool, modes: list[str]) -> float:
+        if not streamed:
+            return 8.0
+        return 6.0 if all(m == "sparse" for m in modes) else 8.0 + 0.1 * modes.count("sparse")
+
+    with _stand_in_clock(monkeypatch, cost):
+        report = tune_(model, (torch.randn(2, 10, 64),), stream="blocks.0")
+    assert is_streamed(model) and report["blocks.0"].changed, str(report)
+    assert all(m.mode == "sparse" for m in tunable_layers(model).values()), str(report)
+
+
+def test_tune_with_a_stream_times_every_layer_sparse_where_the_block_misleads(monkeypatch: pytest.MonkeyPatch
+                                                                            ) -> None:
+    """A stand-in clock where one block alone runs faster dense (1.0 against 1.1) but the whole streamed model is
+    faster with every layer sparse (6.0 against 8.0): tuned on the block, the streamed copy's layers all go dense;
+    timed whole, every layer sparse wins and is kept, and the stream with it."""
+    from sparsity_lab import tune_
+
+    model = _encoder_24()
+
+    def cost(streamed: bool, whole: bool, modes: list[str]) -> float:
+        if not whole:
+            return 1.0 if not streamed or all(m == "dense" for m in modes[:4]) else 1.1
+        if not streamed:
+            return 8.0
+        return 6.0 if all(m == "sparse" for m in modes) else 8.0
+
+    x = torch.randn(2, 10, 64)
+    with _stand_in_clock(monkeypatch, cost):
+        with torch.no_grad():
+            model(x)  # the model that last ran whole is the one a block trial belongs to
+        report = tune_(model, (x,), block="blocks.0", stream="blocks.0")
+    assert is_streamed(model), str(report)
+    assert all(m.mode == "sparse" for m in tunable_layers(model).values()), str(report)
+    assert "the whole streamed model" in report["blocks.0.mlp.fc1"].what
+
+
+def test_tune_refuses_a_start_mode_a_layer_lacks() -> None:
+    from sparsity_lab import tune_
+
+    torch.manual_seed(0)
+    model = Encoder(64, 1, 2)
+    sparsify_(model, Semi24Config())
+    modes = {fqn: m.mode for fqn, m in tunable_layers(model).items()}
+    for stream in (None, "blocks.0"):
+        with pytest.raises(ValueError, match="start='fast' is not a mode of blocks.0"):
+            tune_(model, (torch.randn(2, 5, 64),), stream=stream, start="fast")
+    assert {fqn: m.mode for fqn, m in tunable_layers(model).items()} == modes and not is_streamed(model)
 
 
 def test_tune_with_a_stream_refuses_bad_input_and_changes_nothing() -> None:
@@ -450,3 +523,6 @@ def test_tune_with_a_stream_refuses_bad_input_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="already column-major"):
         tune_(model, (torch.randn(2, 5, 64),), stream="blocks.0")
     assert {fqn: m.mode for fqn, m in tunable_layers(model).items()} == modes
+
+if __name__ == "__main__":  # run by the `interpreted` fixture, with TRITON_INTERPRET=1
+    print(json.dumps(_run_cases()))

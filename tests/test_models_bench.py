@@ -100,6 +100,23 @@ def test_recorder_runs_only_the_named_variants_and_updates_a_file_in_place(tmp_p
     assert json.loads(path.read_text())["figures"]["failures"] == []  # the failure was measured again, and passed
 
 
+def test_decode_kernel_rows_cover_the_decoders_linears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_speed(tokens: int, n: int, k: int, dtype: torch.dtype) -> dict:
+        calls.append((tokens, n, k))
+        return {"dense_ms": 1.0, "ours_cuda_ms": 0.6}
+
+    monkeypatch.setattr(bench, "decode_speed", fake_speed)
+    path = tmp_path / "models.json"
+    bench.run_decode_kernels(torch.bfloat16, bench.Recorder(path, torch.device("cpu"), lambda line: None))
+    rows = json.loads(path.read_text())["figures"]["decode_kernels"]
+    assert calls[0] == (1, 4096, 4096) and len(calls) == 1 + 3 * len(bench.LLAMA_LINEARS)  # one untimed first
+    assert {(r["batch"], r["phase"]) for r in rows} == {(t, f"{t} x {k} -> {n}") for t in (1, 4, 16)
+                                                        for n, k in bench.LLAMA_LINEARS}
+    assert all(r["ours_cuda_ms"] == 0.6 for r in rows)
+
+
 def test_block_prune_mlps_prunes_only_the_named_layers_on_a_copy() -> None:
     torch.manual_seed(0)
     model = Encoder(width=128, depth=1, heads=2)

@@ -107,6 +107,36 @@ def test_op_passes_torch_library_checks() -> None:
                                                                                             x_column_major.t()))
 
 
+def test_decode_mode_compiles_to_the_decode_op() -> None:
+    """In mode "decode" a compiled 2:4 model calls the decode op (which keeps the decode kernel on CUDA) and no
+    cuSPARSELt op; on the CPU the op has no decode operands and computes the pruned product densely."""
+    dense, model = _swapped(depth=1)
+    for layer in model.modules():
+        if isinstance(layer, Semi24Linear):
+            layer.mode = "decode"
+            assert layer._decode_operands()[0].numel() == 0  # the CPU: no decode kernel to feed
+    x = torch.randn(1, 3, 64)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        code = explained.graphs[0].code
+        assert code.count("sparsity_lab.semi24_decode") == 2 and "semi24_linear_t" not in code
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), dense(x), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_decode_op_passes_torch_library_checks() -> None:
+    from sparsity_lab.semi24.ops import semi24_decode
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 64, generator=gen), torch.randn(32, 64, generator=gen), torch.randn(32, generator=gen)
+    values, meta = torch.empty(0), torch.empty(0, dtype=torch.uint8)
+    for bias in (b, None):
+        torch.library.opcheck(semi24_decode, (x, w, values, meta, bias))
+        torch.testing.assert_close(semi24_decode(x, w, values, meta, bias), torch.nn.functional.linear(x, w, bias))
+
+
 def test_mode_is_checked_and_survives_copies() -> None:
     layer = Semi24Linear(torch.randn(64, 64))
     with pytest.raises(ValueError, match="mode must be one of"):

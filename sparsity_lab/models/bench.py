@@ -21,6 +21,8 @@ transformers from the ``models`` extra):
   prefill-graphs`: prefill at batch 1 tuned and timed from CUDA graphs, where eager is host-bound), ours 2:4
   with a column-major stream where it is faster (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for
   decode).
+* **The 2:4 decode kernels** (`--models decode`): `semi24.decode_kernel.decode_speed` at the decoder's linears,
+  1, 4 and 16 tokens: cuBLAS, cuSPARSELt and our fastest tensor-core and CUDA-core launches.
 * **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`) at
   both models' shapes and the attention that reads a 2:4 qkv's output (`models.column_major_attention.
   attention_speed`) at ViT-L's, against PyTorch's on the layout a dense model has, per block size.
@@ -55,6 +57,7 @@ from sparsity_lab.models.column_major_attention import attention_speed
 from sparsity_lab.models.column_major_norm import norm_speed
 from sparsity_lab.models.profile import breakdown, kernel_times, top_kernels
 from sparsity_lab.models.stream import is_streamed
+from sparsity_lab.semi24.decode_kernel import decode_speed
 from sparsity_lab.semi24.matmul import prune24
 from sparsity_lab.sparsify import BlockSparseConfig, Fp8Config, Int8Config, Report, Semi24Config, sparsify_
 from sparsity_lab.timing import bench_ms, resolve_device
@@ -65,6 +68,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # rounding of differently ordered sums; int8 or FP8 quantization of every layer's operands on top).
 MAX_RELATIVE_ERROR = {"int8": 0.15, "fp8": 0.25, "other": 0.03}
 ROW_KEY = ("model", "dtype", "phase", "batch", "variant", "compiled")  # what makes two rows the same measurement
+SECTIONS = ("vit", "llama", "stream", "decode_kernels", "failures")  # the results file's lists of rows
 # ----------------------------------------------------------------------------------------------- models
 def vit_large(dtype: torch.dtype, device: torch.device) -> nn.Module:
     """timm's ViT-L/16 at 224², random weights, every linear but the head pruned to 2:4 (magnitude)."""
@@ -122,10 +126,10 @@ class Recorder:
     def __init__(self, out: Path, device: torch.device, log: Callable[[str], None], only: tuple[str, ...] = (),
                  update: bool = False) -> None:
         self.out, self.device, self.log, self.only = out, device, log, only
-        self.figures: dict[str, Any] = {"vit": [], "llama": [], "stream": [], "failures": []}
+        self.figures: dict[str, Any] = {section: [] for section in SECTIONS}
         if update and out.exists():
             kept = load_results(out).figures
-            self.figures.update({section: kept.get(section, []) for section in ("vit", "llama", "stream", "failures")})
+            self.figures.update({section: kept.get(section, []) for section in SECTIONS})
 
     def save(self) -> None:
         save_results(NAME, self.figures, self.out, record_environment(self.device))
@@ -415,6 +419,22 @@ def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
             dtype=dtype, block_m=m, block_n=n, warps=w, stages=s))
 
 
+# The linears of one Llama-3-8B-shaped decoder layer, (out_features, in_features): q and o, k and v, gate and up, down
+LLAMA_LINEARS = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
+
+
+def run_decode_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
+    """The 2:4 decode kernels alone (`semi24.decode_kernel.decode_speed`) at the Llama-shaped decoder's linears,
+    1, 4 and 16 tokens, against cuBLAS and cuSPARSELt."""
+    name = str(dtype).replace("torch.", "")
+    decode_speed(1, 4096, 4096, dtype)  # untimed: an idle GPU's clock is still low for the first row
+    for tokens in (1, 4, 16):
+        for n, k in LLAMA_LINEARS:
+            row = {"model": "2:4 decode kernel", "dtype": name, "phase": f"{tokens} x {k} -> {n}", "compiled": False,
+                   "batch": tokens, "variant": "ours against cuBLAS and cuSPARSELt"}
+            recorder.variant("decode_kernels", row, lambda t=tokens, n=n, k=k: decode_speed(t, n, k, dtype))
+
+
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's speedup over the dense eager row (the one timed right after it where there is one) and, for
     compiled rows, over dense compiled, of its model, dtype and shape: ``{"variant", "compiled",
@@ -437,8 +457,9 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparsity-lab bench models", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="vit,llama,stream",
-                        help="comma-separated: vit, llama, stream (the column-major stream's kernels)")
+    parser.add_argument("--models", default="vit,llama,stream,decode",
+                        help="comma-separated: vit, llama, stream (the column-major stream's kernels), decode (the "
+                             "2:4 decode kernels)")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated: bfloat16, float16")
     parser.add_argument("--llama-layers", type=int, default=4, help="decoder layers of the Llama-shaped model")
     parser.add_argument("--out", type=Path, default=RECORDED_DIR / f"{NAME}.json")
@@ -464,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             run_llama(dtype, device, recorder, args.llama_layers, phases)
         if "stream" in args.models:
             run_stream_kernels(dtype, recorder)
+        if "decode" in args.models:
+            run_decode_kernels(dtype, recorder)
     recorder.figures["speedups"] = speedups(recorder.figures["vit"] + recorder.figures["llama"])
     recorder.save()
     for row in recorder.figures["speedups"]:

@@ -6,13 +6,26 @@ plus a 4-bit nibble per group of four columns (N x K/8 bytes): 0.5625 of the den
 dense product that reads all of them. cuSPARSELt's kernels are tiled for large M and gain little here; this kernel
 reads exactly those bytes once.
 
-Per program: a tile of BLOCK_N weight rows and BLOCK_M tokens. For each BLOCK_K columns of K it loads the tile's
-values and nibbles, rebuilds the dense (BLOCK_N x BLOCK_K) tile in registers, and multiplies it with x's tile:
+Two ways to multiply, `DecodeConfig.cores` (the fastest kept per shape by `best_config`):
 
-    for a group g of four columns and its two kept values v0, v1 at positions i0 = nib & 3, i1 = nib >> 2:
-        w[n, 4g + p] = v0 if p == i0 else v1 if p == i1 else 0          (p = 0..3)
-    acc[n, m] += sum_k w[n, k] * x[m, k]
-    y[m, n] = acc[n, m]       (row-major y: no transposed output for the next op to copy)
+* "cuda" (1-8 tokens, float16 / bfloat16): multiply-adds on CUDA cores, nothing rebuilt. Per group g of four
+  columns and its two kept values v0, v1 at positions i0 = nib & 3 < i1 = nib >> 2 (`semi24.layout`):
+
+      acc[m, n, g] += v0 * x[m, 4g + i0] + v1 * x[m, 4g + i1]        y[m, n] = sum_g acc[m, n, g]
+
+  Everything is read in whole words: the pair (v0, v1) is one int32, group g's four x entries one int64 (x[m, 4g + i]
+  its 16 bits at 16·i, picked by a shift), and eight nibbles one int32; a 16-bit float becomes a float32 by bits
+  (a bfloat16 is a float32's top half). So the weight streams in as wide coalesced loads, with no select, reshape
+  or shuffle between the load and the multiply-add.
+
+* "tensor" (1-64 tokens, 16 a tile): the dense (BLOCK_N x BLOCK_K) tile of W rebuilt in registers from the values
+  and nibbles, then multiplied on tensor cores:
+
+      w[n, 4g + p] = v0 if p == i0 else v1 if p == i1 else 0          (p = 0..3)
+      acc[n, m] += sum_k w[n, k] * x[m, k]
+
+Either way y[m, n] is written row-major (no transposed output for the next op to copy); K may be split over
+programs, whose float32 partial sums are added atomically.
 
 Reference: ``x @ layout.decompress(values, meta, "simple").t()``. Tested in Triton's interpreter on the CPU
 (tests/test_semi24_decode_kernel.py); its GPU speed is measured by the 2:4 layer's dispatcher where it is a
@@ -21,6 +34,7 @@ candidate and recorded by `sparsity-lab bench models` (decode steps).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +89,51 @@ if triton_available():
         else:  # y is float32 here: the K-slices add up
             tl.atomic_add(y, acc, mask=n_in[:, None] & m_in[None, :])
 
+    @triton.jit
+    def _gemv_kernel(x_ptr, pairs_ptr, meta_ptr, bias_ptr, y_ptr, M, N, G, G_PER_SPLIT, HAS_BIAS: tl.constexpr,
+                     BF16: tl.constexpr, TOKENS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                     SPLIT_K: tl.constexpr):
+        # x_ptr: int64 words, x[m, 4g .. 4g + 3] in word (m, g) (16 bits each, the lowest first); pairs_ptr: int32
+        # words, the kept pair (v0 low, v1 high) of group g of row n; meta_ptr: int32 words of 8 nibbles, group g's
+        # at bits 4 (g % 8) of word g // 8 of its row. G = K / 4 groups a row.
+        pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = pid_m * TOKENS + tl.arange(0, TOKENS)
+        n_in, m_in = n < N, m < M
+        pairs_row = pairs_ptr + n[:, None].to(tl.int64) * G
+        meta_row = meta_ptr + n[:, None].to(tl.int64) * (G // 8)
+        x_row = x_ptr + m[:, None].to(tl.int64) * G
+        acc = tl.zeros((TOKENS, BLOCK_N, BLOCK_G), dtype=tl.float32)
+        g_first = pid_s * G_PER_SPLIT
+        for g0 in tl.range(g_first, tl.minimum(g_first + G_PER_SPLIT, G), BLOCK_G):
+            g = g0 + tl.arange(0, BLOCK_G)
+            w_in = n_in[:, None] & (g < G)[None, :]
+            pair = tl.load(pairs_row + g[None, :], mask=w_in, other=0)  # (BLOCK_N, BLOCK_G) int32
+            word = tl.load(meta_row + (g // 8)[None, :], mask=w_in, other=0)
+            nibble = (word >> ((g % 8) * 4)[None, :]) & 0xF
+            shift0 = ((nibble & 3) * 16).to(tl.int64)[None, :, :]  # where in x's word the kept positions lie
+            shift1 = ((nibble >> 2) * 16).to(tl.int64)[None, :, :]
+            xw = tl.load(x_row + g[None, :], mask=m_in[:, None] & (g < G)[None, :], other=0)[:, None, :]
+            x0, x1 = ((xw >> shift0) & 0xFFFF).to(tl.int32), ((xw >> shift1) & 0xFFFF).to(tl.int32)
+            if BF16:  # a bfloat16 is the top half of a float32
+                v0, v1 = (pair << 16).to(tl.float32, bitcast=True), (pair & -65536).to(tl.float32, bitcast=True)
+                x0, x1 = (x0 << 16).to(tl.float32, bitcast=True), (x1 << 16).to(tl.float32, bitcast=True)
+            else:
+                v0 = pair.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                v1 = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                x0 = x0.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                x1 = x1.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            acc += v0[None, :, :] * x0 + v1[None, :, :] * x1
+        out = tl.sum(acc, axis=2)  # (TOKENS, BLOCK_N)
+        if HAS_BIAS:
+            if pid_s == 0:
+                out += tl.load(bias_ptr + n, mask=n_in, other=0.0).to(tl.float32)[None, :]
+        y = y_ptr + m[:, None].to(tl.int64) * N + n[None, :]
+        if SPLIT_K == 1:
+            tl.store(y, out.to(y_ptr.dtype.element_ty), mask=m_in[:, None] & n_in[None, :])
+        else:  # y is float32 here: the K-slices add up
+            tl.atomic_add(y, out, mask=m_in[:, None] & n_in[None, :])
+
 
 def check_operands(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) -> None:
     """Raise naming the operand when x (M, K), values (N, K/2) and the simple-layout meta (N, K/8) do not fit."""
@@ -98,35 +157,54 @@ def check_operands(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) ->
 @dataclass(frozen=True)
 class DecodeConfig:
     """One launch of the kernel: weight rows and columns per tile, `split_k` programs along K (> 1: float32
-    atomics into y, then one cast), and Triton's warps and pipeline stages."""
+    atomics into y, then one cast), Triton's warps and pipeline stages, and which `cores` multiply ("tensor":
+    the tile of W rebuilt for tensor cores, any 1-64 tokens; "cuda": multiply-adds as the weight lies, 1-8)."""
 
     block_n: int = 32
     block_k: int = 128
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    cores: str = "tensor"
+
+    def fits(self, tokens: int, dtype: torch.dtype = torch.float16) -> bool:
+        """Whether this launch takes `tokens` rows of x of `dtype`."""
+        if self.cores == "cuda":
+            return tokens <= CUDA_CORE_TOKENS and dtype in (torch.float16, torch.bfloat16)
+        return tokens <= MAX_TOKENS
 
 
+CUDA_CORE_TOKENS = 8  # the most tokens the CUDA-core kernel takes: past that, every x entry is picked per weight row
 DEFAULT = DecodeConfig()  # what Triton's interpreter runs
 # The configurations `best_config` times on a GPU: narrow tiles or K-splits give enough programs to keep every
-# SM reading (N = 4096 rows in tiles of 64 is 64 programs, half an H200), wide K tiles give long contiguous reads.
+# SM reading (N = 4096 rows in tiles of 64 is 64 programs, half an H200), wide K tiles give long contiguous reads;
+# for the CUDA-core kernel, pipeline stages keep the next tiles' loads in flight while one is multiplied.
 CANDIDATES = tuple(DecodeConfig(bn, bk, split, warps, stages) for bn, bk, split, warps, stages in (
     (16, 128, 2, 4, 3), (32, 128, 4, 4, 3), (64, 128, 4, 4, 3), (16, 256, 1, 8, 4), (32, 256, 2, 8, 3),
-    (16, 256, 1, 4, 3), (64, 128, 1, 4, 3), (64, 128, 8, 4, 3)))
+    (16, 256, 1, 4, 3), (64, 128, 1, 4, 3), (64, 128, 8, 4, 3))) + tuple(
+    DecodeConfig(bn, bk, split, warps, stages, "cuda") for bn, bk, split, warps, stages in (
+        (2, 512, 1, 4, 1), (4, 512, 1, 4, 1), (4, 1024, 1, 4, 1), (8, 1024, 1, 8, 1), (16, 512, 1, 8, 1),
+        (2, 512, 1, 4, 3), (4, 512, 1, 4, 3), (8, 512, 1, 4, 4), (4, 1024, 1, 4, 3), (2, 512, 4, 4, 3),
+        (4, 256, 4, 4, 3), (8, 512, 4, 4, 3)))
 _BEST: dict[tuple, DecodeConfig] = {}
 
 
+def _token_tile(tokens: int) -> int:
+    """The tokens one program takes: a power of two up to `CUDA_CORE_TOKENS`, then multiples of 16."""
+    return 1 << max(tokens - 1, 0).bit_length() if tokens <= CUDA_CORE_TOKENS else 16 * -(-tokens // 16)
+
+
 def best_config(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) -> DecodeConfig:
-    """The fastest of `CANDIDATES` for this problem on this GPU (timed once per device, token tile, N, K and
+    """The fastest of `CANDIDATES` that fit this problem on this GPU (timed once per device, token tile, N, K and
     dtype, then cached); `DEFAULT` on the CPU (Triton's interpreter)."""
     if not x.is_cuda or triton_interpreting():
         return DEFAULT
     from sparsity_lab.timing import bench_ms
 
-    key = (x.device, triton.cdiv(x.shape[0], 16), values.shape[0], x.shape[1], x.dtype)
+    key = (x.device, _token_tile(x.shape[0]), values.shape[0], x.shape[1], x.dtype)
     if key not in _BEST:
         times = {c: bench_ms(lambda c=c: decode_linear(x, values, meta, config=c), warmup_ms=5.0, rep_ms=20.0)
-                 for c in CANDIDATES}
+                 for c in CANDIDATES if c.fits(x.shape[0], x.dtype)}
         _BEST[key] = min(times, key=times.get)
     return _BEST[key]
 
@@ -138,6 +216,12 @@ def decode_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bia
     check_operands(x, values, meta)
     if bias is not None and bias.shape != (values.shape[0],):
         raise ValueError(f"bias must be ({values.shape[0]},), got {tuple(bias.shape)}")
+    if config is not None and config.cores not in ("tensor", "cuda"):
+        raise ValueError(f"config.cores must be 'tensor' or 'cuda', got {config.cores!r}")
+    if config is not None and not config.fits(x.shape[0]):
+        raise ValueError(f"{x.shape[0]} tokens: the CUDA-core kernel is for at most {CUDA_CORE_TOKENS}")
+    if config is not None and config.cores == "cuda" and x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the CUDA-core kernel takes float16 or bfloat16, got {x.dtype}")
     x, values, meta = x.contiguous(), values.contiguous(), meta.contiguous()
     config = config or best_config(x, values, meta)
     m, k = x.shape
@@ -146,10 +230,58 @@ def decode_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bia
     k_per_split = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
     y = torch.zeros((m, n), dtype=torch.float32, device=x.device) if split > 1 else torch.empty(
         (m, n), dtype=x.dtype, device=x.device)
-    block_m = 16
-    grid = (triton.cdiv(n, config.block_n), triton.cdiv(k, k_per_split), triton.cdiv(m, block_m))
-    _decode_kernel[grid](x, values, meta, values if bias is None else bias, y, m, n, k, k_per_split,
-                         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                         SPLIT_K=grid[1], WIDEN=x.dtype == torch.bfloat16 and triton_interpreting(),
-                         num_warps=config.num_warps, num_stages=config.num_stages)
+    tokens = _token_tile(m) if config.cores == "cuda" else 16
+    grid = (triton.cdiv(n, config.block_n), triton.cdiv(k, k_per_split), triton.cdiv(m, tokens))
+    if config.cores == "cuda":  # the same bytes as words (module docstring)
+        _gemv_kernel[grid](x.view(torch.int64), values.view(torch.int32), meta.view(torch.int32),
+                           values if bias is None else bias, y, m, n, k // 4, k_per_split // 4,
+                           HAS_BIAS=bias is not None, BF16=x.dtype == torch.bfloat16, TOKENS=tokens,
+                           BLOCK_N=config.block_n, BLOCK_G=config.block_k // 4, SPLIT_K=grid[1],
+                           num_warps=config.num_warps, num_stages=config.num_stages)
+    else:
+        _decode_kernel[grid](x, values, meta, values if bias is None else bias, y, m, n, k, k_per_split,
+                             HAS_BIAS=bias is not None, BLOCK_M=tokens, BLOCK_N=config.block_n,
+                             BLOCK_K=config.block_k, SPLIT_K=grid[1],
+                             WIDEN=x.dtype == torch.bfloat16 and triton_interpreting(),
+                             num_warps=config.num_warps, num_stages=config.num_stages)
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def decode_speed(tokens: int, out_features: int, in_features: int, dtype: torch.dtype = torch.bfloat16,
+                 device: str = "cuda") -> dict[str, object]:
+    """Milliseconds per call of y = x Wᵀ for `tokens` rows of x and a random 2:4 weight, as a decode step runs it:
+    replayed from a CUDA graph (no launch cost), over enough copies of the weight to exceed the L2 cache twice (each
+    call reads W from memory, as in a model whose weights do not fit). cuBLAS on the dense (pruned) weight, the
+    2:4 layer through cuSPARSELt, the fastest tensor-core and CUDA-core launch of ours (each of `CANDIDATES`
+    timed); and ours' relative error against a float64 product."""
+    from sparsity_lab.checks import relative_error
+    from sparsity_lab.semi24 import layout
+    from sparsity_lab.semi24.layer import Semi24Linear
+    from sparsity_lab.timing import graph_ms
+
+    gen = torch.Generator(device=device).manual_seed(tokens * out_features + in_features)
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    copies = max(2, -(-2 * l2 // (out_features * in_features * dtype.itemsize)))
+    ws = [layout.sparsify(torch.randn(out_features, in_features, device=device, generator=gen)).to(dtype)
+          for _ in range(copies)]
+    x = torch.randn(tokens, in_features, device=device, generator=gen).to(dtype)
+    packed = [layout.compress(w, "simple") for w in ws]
+    layers = [Semi24Linear(w, prune=False, mode="sparse") for w in ws]
+
+    def per_call(call: Callable[[int], object]) -> float:
+        return graph_ms(lambda: [call(i) for i in range(copies)], calls=4) / copies
+
+    with torch.no_grad():
+        out: dict[str, object] = {"weight_copies": copies,
+                                  "dense_ms": per_call(lambda i: torch.nn.functional.linear(x, ws[i])),
+                                  "cusparselt_ms": per_call(lambda i: layers[i](x))}
+        for cores in ("tensor", "cuda"):
+            times = {c: per_call(lambda i, c=c: decode_linear(x, *packed[i], config=c))
+                     for c in CANDIDATES if c.cores == cores and c.fits(tokens, dtype)}
+            if times:
+                best = min(times, key=times.get)
+                out[f"ours_{cores}_ms"] = times[best]
+                out[f"ours_{cores}_config"] = [best.block_n, best.block_k, best.split_k, best.num_warps,
+                                               best.num_stages]
+        out["rel_error"] = relative_error(decode_linear(x, *packed[0]), x.double() @ ws[0].double().t())
+    return out

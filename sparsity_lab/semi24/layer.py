@@ -18,7 +18,8 @@
   one of its blocks) with each choice and sets the modes, so the swapped model as a whole is never slower than its
   dense self beyond timing noise.
 * Under ``torch.compile`` the 2:4 matmul is the custom op `sparsity_lab.semi24.ops.semi24_linear_t` (no graph
-  break, dynamic token counts), and Inductor fuses y's transpose into the ops that follow.
+  break, dynamic token counts), and Inductor fuses y's transpose into the ops that follow; in mode "decode" it is
+  `ops.semi24_decode`, so a compiled decode step keeps the decode kernel.
 * `capture(model, example)` (`GraphedCall`) replays a model or layer from a CUDA graph at one input shape. Eager
   decode steps are host-bound: on the H100 host one eager 2:4 call costs ~14-25 us of CPU time (of which ~13 us is
   cuSPARSELt's own launch) against a ~10 us kernel at M = 16, K = N = 4096 -- and dense ``F.linear`` is
@@ -88,6 +89,8 @@ class Semi24Linear(nn.Module):
         # cuSPARSELt's packed weight, for the compiled path (empty until packed; not saved: rebuilt from weight)
         self.register_buffer("compressed", torch.empty(0, dtype=torch.uint8, device=pruned.device), persistent=False)
         self._pack_if_possible()
+        if mode == "decode":
+            self._decode_operands()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> Semi24Linear:
@@ -115,6 +118,8 @@ class Semi24Linear(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {value!r}")
         self._mode = value
         self._routes.clear()
+        if value == "decode":  # built now, so a compiled graph finds the decode kernel's operands
+            self._decode_operands()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}, 2:4, "
@@ -150,6 +155,8 @@ class Semi24Linear(nn.Module):
         self._routes.clear()
         self.compressed = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
         self._pack_if_possible()
+        if self._mode == "decode":
+            self._decode_operands()
 
     def sparse_unavailable(self, x: torch.Tensor) -> str | None:
         """Why this input cannot take the 2:4 kernel (None when it can)."""
@@ -250,16 +257,26 @@ class Semi24Linear(nn.Module):
         return (x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16) and x2.shape[0] <= MAX_TOKENS
                 and not self.in_features % 64 and triton_available())
 
-    def _decode_call(self) -> Callable:
-        """The decode kernel's call (x2, bias) -> y with this weight in the simple 2:4 layout (built on first use,
-        rebuilt when the weight changed)."""
+    def _decode_operands(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This weight in the simple 2:4 layout, (values, meta), for the decode kernel: built on first use and
+        rebuilt when the weight changed; empty on the CPU or where the kernel cannot run (the op then runs
+        dense)."""
         from sparsity_lab.semi24 import layout
+
+        w = self.weight
+        if not (w.is_cuda and w.dtype in (torch.float16, torch.bfloat16) and not self.in_features % 64
+                and triton_available()):
+            return w.new_empty(0), torch.empty(0, dtype=torch.uint8, device=w.device)
+        tag = (w.data_ptr(), w._version, w.dtype)
+        if self._decode_weight is None or self._decode_weight[0] != tag:
+            self._decode_weight = (tag, *layout.compress(w.detach(), "simple"))
+        return self._decode_weight[1:]
+
+    def _decode_call(self) -> Callable:
+        """The decode kernel's call (x2, bias) -> y with this weight in the simple 2:4 layout."""
         from sparsity_lab.semi24.decode_kernel import decode_linear
 
-        tag = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
-        if self._decode_weight is None or self._decode_weight[0] != tag:
-            self._decode_weight = (tag, *layout.compress(self.weight.detach(), "simple"))
-        _, values, meta = self._decode_weight
+        values, meta = self._decode_operands()
         return lambda x, bias: decode_linear(x, values, meta, bias)
 
     def _dense_colmajor_call(self) -> Callable:
@@ -293,6 +310,12 @@ class Semi24Linear(nn.Module):
         if (self._mode == "dense" or self.backend != "cusparselt" or x.shape[-1] != self.in_features
                 or (x.requires_grad and torch.is_grad_enabled())):
             return F.linear(x, self.weight, self.bias)
+        if self._mode == "decode":  # the operands were built when the mode was set (none: dense inside the op)
+            values, meta = self._decode_weight[1:] if self._decode_weight is not None else (
+                self.weight.new_empty(0), torch.empty(0, dtype=torch.uint8, device=self.weight.device))
+            y = torch.ops.sparsity_lab.semi24_decode(x.reshape(-1, self.in_features), self.weight, values, meta,
+                                                     self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
         dispatcher = self._dispatcher_id if self._mode == "auto" else 0
         d = torch.ops.sparsity_lab.semi24_linear_t(x.reshape(-1, self.in_features), self.weight, self.compressed,
                                                    self.bias, dispatcher)

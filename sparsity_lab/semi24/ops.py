@@ -12,6 +12,9 @@ directly (``addmm(b, W, xᵀ)``: the same layout, so the choice never changes wh
 `compressed` is the layer's buffer of cuSPARSELt's packed weight; the op finds the packed weight (its plans and
 descriptors) by that buffer's address in `_PACKED`, which holds it only as long as the layer does. An empty
 `compressed` (a CPU model, a dtype cuSPARSELt cannot take) always runs dense.
+
+``torch.ops.sparsity_lab.semi24_decode(x, weight, values, meta, bias)`` is a layer's mode "decode" compiled: our
+decode kernel at 1-64 tokens, y row-major.
 """
 
 from __future__ import annotations
@@ -107,3 +110,22 @@ def semi24_linear_t(x: torch.Tensor, weight: torch.Tensor, compressed: torch.Ten
 def _(x: torch.Tensor, weight: torch.Tensor, compressed: torch.Tensor, bias: torch.Tensor | None,
       dispatcher: int) -> torch.Tensor:
     return x.new_empty((weight.shape[0], x.shape[0]))
+
+
+@torch.library.custom_op("sparsity_lab::semi24_decode", mutates_args=())
+def semi24_decode(x: torch.Tensor, weight: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x Wᵀ (+ bias), row-major (M, N): our decode kernel (`semi24.decode_kernel`) on W's simple-layout
+    `values` and `meta` for a CUDA x of 1-64 tokens, so a compiled decode step keeps it; cuBLAS on the pruned
+    dense `weight` for anything else (more tokens, the CPU, or empty `values`)."""
+    from sparsity_lab.semi24.decode_kernel import MAX_TOKENS, decode_linear
+
+    if x.is_cuda and values.numel() and x.shape[0] <= MAX_TOKENS:
+        return decode_linear(x, values, meta, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@semi24_decode.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
