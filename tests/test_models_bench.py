@@ -180,6 +180,19 @@ def test_layout_figure_colours_what_each_module_reads_and_writes() -> None:
         plots.layout_figure({"empty": {}})
 
 
+def test_decode_kernel_figure_puts_each_kernel_beside_cublas() -> None:
+    pytest.importorskip("plotly")
+    rows = [{"batch": 1, "phase": "1 x 4096 -> 1024", "dense_ms": 0.008, "cusparselt_ms": 0.025, "ours_cuda_ms": 0.007},
+            {"batch": 1, "phase": "1 x 4096 -> 4096", "dense_ms": 0.014, "ours_cuda_ms": 0.013},
+            {"batch": 16, "phase": "16 x 4096 -> 4096", "dense_ms": 0.014}]
+    fig = plots.decode_kernel_figure(rows)
+    assert [trace.name for trace in fig.data] == ["cuBLAS, dense", "cuSPARSELt 2:4", "ours: W as it lies, CUDA cores"]
+    assert list(fig.data[0].x) == ["4096 → 1024", "4096 → 4096"]
+    assert list(fig.data[1].y) == [pytest.approx(25.0), None]  # a kernel not measured at a shape has no bar
+    with pytest.raises(ValueError, match="at 4 tokens"):
+        plots.decode_kernel_figure(rows, tokens=4)
+
+
 def test_figures_from_the_recording(recorded) -> None:
     pytest.importorskip("plotly")
     vit, llama = recorded.figures["vit"], recorded.figures["llama"]
@@ -194,6 +207,8 @@ def test_figures_from_the_recording(recorded) -> None:
     profile = plots.profile_figure(vit, "bfloat16")
     assert {trace.name for trace in profile.data} >= {"dense GEMM", "2:4 GEMM", "layout copies"}
     assert plots.llama_figure(llama).data
+    kernels = plots.decode_kernel_figure(recorded.figures["decode_kernels"]).data
+    assert {trace.name for trace in kernels} == set(plots.DECODE_KERNELS.values()) and len(kernels[0].x) == 4
     with pytest.raises(ValueError, match="dtype"):
         plots.speedup_figure(vit, "float32")
     with pytest.raises(ValueError):

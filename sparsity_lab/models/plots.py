@@ -1,6 +1,6 @@
 """Figures for lecture 09 (whole models end to end): speed-ups per variant, where a forward's time goes, the
-Llama-shaped prefill and decode steps, and the layout each module reads and writes. Pure functions: results rows
-in (`sparsity-lab bench models`, `models.stream.layouts`), figure out."""
+Llama-shaped prefill and decode steps, the decode kernels alone, and the layout each module reads and writes.
+Pure functions: results rows in (`sparsity-lab bench models`, `models.stream.layouts`), figure out."""
 
 from __future__ import annotations
 
@@ -119,4 +119,30 @@ def layout_figure(tables: dict[str, dict[str, tuple[str, str]]], caption: str = 
     fig.update_layout(template="plotly_white", height=120 + 30 * len(modules), margin={"l": 160},
                       yaxis={"autorange": "reversed"},
                       title=titled(title or "The layout each module reads and writes", caption))
+    return fig
+
+
+DECODE_KERNELS = {"dense_ms": "cuBLAS, dense", "cusparselt_ms": "cuSPARSELt 2:4",
+                  "ours_tensor_ms": "ours: W rebuilt for tensor cores",
+                  "ours_cuda_ms": "ours: W as it lies, CUDA cores"}
+
+
+def decode_kernel_figure(rows: Sequence[dict[str, Any]], tokens: int = 1, caption: str = "", title: str = "") -> Any:
+    """Grouped bars: µs per call of each kernel (cuBLAS, cuSPARSELt, our two decode kernels) at each of the
+    decoder's linear shapes for `tokens` rows of x, from CUDA graphs. `rows`: the recording's
+    ``figures["decode_kernels"]``."""
+    mine = [r for r in rows if r.get("batch") == tokens and "dense_ms" in r]
+    if not mine:
+        raise ValueError(f"rows hold no decode-kernel row at {tokens} tokens")
+    shapes = [r["phase"].split(" x ", 1)[1].replace(" -> ", " → ") for r in mine]  # "K → N"
+    fig = go().Figure()
+    for key, name in DECODE_KERNELS.items():
+        if any(key in r for r in mine):
+            us = [r[key] * 1e3 if key in r else None for r in mine]
+            fig.add_trace(go().Bar(x=shapes, y=us, name=name, text=[f"{u:.1f}" if u else "" for u in us],
+                                   textposition="outside"))
+    fig.update_layout(barmode="group", template="plotly_white", height=420, xaxis_title="in → out features",
+                      yaxis_title="µs per call (from a CUDA graph, W read from memory)",
+                      title=titled(title or f"A decode step's linears at {tokens} token{'s' * (tokens > 1)}",
+                                   caption))
     return fig
