@@ -1,4 +1,4 @@
-"""Exercise 09: will the whole model get faster? Amdahl's law, with the layout bill.
+"""Exercise 09: will the whole model get faster? Amdahl's law, with the layout bill; and two kernels' arithmetic.
 
 Lecture: lectures/09_end_to_end.ipynb. Grade with `sparsity-lab grade ex09`.
 
@@ -38,6 +38,21 @@ Worked example (C = 2 features, M = 2 tokens; token 0 is (1, 3), token 1 is (2, 
     layer_norm_columns(d, eps=0.0)                                           -> [[-1., -1.], [1., 1.]]
     layer_norm_columns(d, torch.tensor([2.0, 1.0]), torch.tensor([0.0, 10.0]), eps=0.0)
                                                                              -> [[-2., -2.], [11., 11.]]
+
+Last of all, a decode step's product (section 5): at one token a 2:4 layer's time is its weight's bytes, so a decode
+kernel multiplies the weight as it lies in the "simple" layout of exercise 05 and never rebuilds the dense W. Write
+`matvec_simple(x, values, meta)`: y = x Wᵀ for x (M, K) and W (N, K) given as `values` (N, K/2) and `meta` (uint8,
+N x ceil(K/8): byte j holds group 2j's nibble i0 | (i1 << 2) in its low four bits, group 2j + 1's in its high four).
+For every group g of four columns of a row n, with kept values v0, v1 at positions i0, i1:
+    y[m, n] += v0 * x[m, 4g + i0] + v1 * x[m, 4g + i1]
+It picks those entries of x (view x as (M, K/4, 4) and gather along the last dimension), multiplies and sums in
+float32 (float64 for float64 inputs) and returns y (M, N) in x's dtype. It raises ValueError, naming the argument,
+when x or values is not 2-D, K is not a multiple of 4, values is not (N, K/2), or meta is not uint8 of shape
+(N, ceil(K/8)). It modifies none of its inputs.
+
+Worked example (the row of exercise 05, [5, 0, 7, 0,  0, 0, 0, 9], and one token x = [1, 2, ..., 8]):
+    values = torch.tensor([[5.0, 7.0, 0.0, 9.0]]);  meta = torch.tensor([[232]], dtype=torch.uint8)
+    matvec_simple(torch.arange(1.0, 9.0)[None], values, meta)   -> [[5*1 + 7*3 + 0*7 + 9*8]] = [[98.]]
 """
 
 import torch
@@ -59,3 +74,8 @@ def layer_norm_columns(d: torch.Tensor, weight: torch.Tensor | None = None, bias
                        eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm of every column (token) of D (C, M) over its C rows (features), in D's layout."""
     raise NotImplementedError("ex09: write layer_norm_columns")
+
+
+def matvec_simple(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """y = x Wᵀ for W in the simple 2:4 layout, without rebuilding W."""
+    raise NotImplementedError("ex09: write matvec_simple")

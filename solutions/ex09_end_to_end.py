@@ -1,5 +1,5 @@
 """Solution to exercise 09: the whole model's predicted time, Amdahl's law with the layout bill; a LayerNorm over
-the columns of a 2:4 layer's D."""
+the columns of a 2:4 layer's D; a decode step's product from the simple 2:4 layout."""
 
 import torch
 
@@ -47,3 +47,23 @@ def layer_norm_columns(d: torch.Tensor, weight: torch.Tensor | None = None, bias
     if bias is not None:
         out = out + bias.to(x.dtype)[:, None]
     return out.to(d.dtype).contiguous()
+
+
+def matvec_simple(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """y = x Wᵀ for W in the simple 2:4 layout, without rebuilding W."""
+    if x.dim() != 2 or x.shape[1] % 4:
+        raise ValueError(f"x must be 2-D (tokens, K) with K a multiple of 4, got shape {tuple(x.shape)}")
+    m, k = x.shape
+    groups = k // 4
+    if values.dim() != 2 or values.shape[1] != k // 2:
+        raise ValueError(f"values must be (N, {k // 2}) for K = {k}, got shape {tuple(values.shape)}")
+    n = values.shape[0]
+    if meta.dtype != torch.uint8 or meta.shape != (n, -(-k // 8)):
+        raise ValueError(f"meta must be uint8 of shape ({n}, {-(-k // 8)}), got {meta.dtype} {tuple(meta.shape)}")
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    nibbles = torch.stack([meta & 0xF, meta >> 4], dim=-1).reshape(n, -1)[:, :groups].long()  # (N, G)
+    pairs = values.to(wide).reshape(n, groups, 2)
+    x4 = x.to(wide).reshape(m, 1, groups, 4).expand(m, n, groups, 4)
+    at = torch.stack([nibbles & 3, nibbles >> 2], dim=-1).expand(m, n, groups, 2)  # the kept positions
+    picked = x4.gather(3, at)  # (M, N, G, 2): the x entries each kept value meets
+    return (picked * pairs).sum(dim=(2, 3)).to(x.dtype)

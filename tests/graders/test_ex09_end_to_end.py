@@ -1,5 +1,5 @@
 """Grader for exercise 09 (a whole model's predicted time and speed-up from its profile; a LayerNorm over the
-columns of a 2:4 layer's D)."""
+columns of a 2:4 layer's D; a decode step's product from the simple 2:4 layout)."""
 
 import pytest
 import torch
@@ -76,3 +76,40 @@ def test_layer_norm_columns_is_layer_norm_of_the_tokens_in_ds_layout(exercise, d
 def test_layer_norm_columns_names_the_bad_argument(exercise, args, name):
     with pytest.raises(ValueError, match=name):
         exercise.layer_norm_columns(*args)
+
+
+def test_matvec_simple_worked_example(exercise):
+    values, meta = torch.tensor([[5.0, 7.0, 0.0, 9.0]]), torch.tensor([[232]], dtype=torch.uint8)
+    torch.testing.assert_close(exercise.matvec_simple(torch.arange(1.0, 9.0)[None], values, meta),
+                               torch.tensor([[98.0]]))
+
+
+@pytest.mark.parametrize("tokens, n, k, dtype", [(1, 16, 64, torch.float32), (3, 5, 12, torch.float64),
+                                                 (8, 7, 40, torch.bfloat16)])
+def test_matvec_simple_is_x_times_the_dense_weight(exercise, tokens, n, k, dtype):
+    from sparsity_lab.semi24 import layout
+
+    gen = torch.Generator().manual_seed(k)
+    w = layout.sparsify(torch.randn(n, k, generator=gen)).to(dtype)
+    w[0, :4] = 0  # an empty group: its nibble still names two positions
+    w[-1, 4:8] = torch.tensor([0.0, 0.0, 0.0, 2.0]).to(dtype)  # a group with one non-zero
+    values, meta = layout.compress(w, "simple")
+    x = torch.randn(tokens, k, generator=gen).to(dtype)
+    before = (x.clone(), values.clone(), meta.clone())
+    y = exercise.matvec_simple(x, values, meta)
+    assert y.shape == (tokens, n) and y.dtype == dtype
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(y.double(), x.double() @ w.double().t(), rtol=tolerance, atol=tolerance)
+    assert all(torch.equal(a, b) for a, b in zip((x, values, meta), before, strict=True))
+
+
+@pytest.mark.parametrize("args, name", [
+    ((torch.ones(8), torch.ones(1, 4), torch.zeros(1, 1, dtype=torch.uint8)), "x"),
+    ((torch.ones(1, 6), torch.ones(1, 3), torch.zeros(1, 1, dtype=torch.uint8)), "x"),
+    ((torch.ones(1, 8), torch.ones(1, 3), torch.zeros(1, 1, dtype=torch.uint8)), "values"),
+    ((torch.ones(1, 8), torch.ones(1, 4), torch.zeros(1, 1, dtype=torch.int16)), "meta"),
+    ((torch.ones(1, 8), torch.ones(2, 4), torch.zeros(1, 1, dtype=torch.uint8)), "meta"),
+])
+def test_matvec_simple_names_the_bad_argument(exercise, args, name):
+    with pytest.raises(ValueError, match=name):
+        exercise.matvec_simple(*args)
