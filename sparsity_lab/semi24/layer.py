@@ -266,11 +266,15 @@ class Semi24Linear(nn.Module):
         w = self.weight
         if not (w.is_cuda and w.dtype in (torch.float16, torch.bfloat16) and not self.in_features % 64
                 and triton_available()):
-            return w.new_empty(0), torch.empty(0, dtype=torch.uint8, device=w.device)
+            return self._no_decode_operands()
         tag = (w.data_ptr(), w._version, w.dtype)
         if self._decode_weight is None or self._decode_weight[0] != tag:
             self._decode_weight = (tag, *layout.compress(w.detach(), "simple"))
         return self._decode_weight[1:]
+
+    def _no_decode_operands(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty (values, meta): the decode op then runs dense."""
+        return self.weight.new_empty(0), torch.empty(0, dtype=torch.uint8, device=self.weight.device)
 
     def _decode_call(self) -> Callable:
         """The decode kernel's call (x2, bias) -> y with this weight in the simple 2:4 layout."""
@@ -311,8 +315,7 @@ class Semi24Linear(nn.Module):
                 or (x.requires_grad and torch.is_grad_enabled())):
             return F.linear(x, self.weight, self.bias)
         if self._mode == "decode":  # the operands were built when the mode was set (none: dense inside the op)
-            values, meta = self._decode_weight[1:] if self._decode_weight is not None else (
-                self.weight.new_empty(0), torch.empty(0, dtype=torch.uint8, device=self.weight.device))
+            values, meta = self._decode_weight[1:] if self._decode_weight is not None else self._no_decode_operands()
             y = torch.ops.sparsity_lab.semi24_decode(x.reshape(-1, self.in_features), self.weight, values, meta,
                                                      self.bias)
             return y.reshape(*x.shape[:-1], self.out_features)
