@@ -61,6 +61,8 @@ def _run_kernel_checks() -> dict[str, bool | str]:
             y = (torch.randn(9, 5000, generator=torch.Generator().manual_seed(1)) * 50).to(source)
             check(f"quantize {dtype} from {source}", lambda y=y, dtype=dtype: same(y, dtype))
         check(f"quantize {dtype} strided", lambda dtype=dtype: same(torch.randn(40, 7).T, dtype))
+        long_rows = (torch.randn(3, 9000, generator=torch.Generator().manual_seed(2)) * 50).to(torch.bfloat16)
+        check(f"quantize {dtype} rows read twice", lambda y=long_rows, dtype=dtype: same(y, dtype))
     check("quantize refuses int8", lambda: _raises(TypeError, kernels.quantize_per_token_fp8, torch.ones(2, 2),
                                                    torch.int8))
     d = torch.randn(90, 70).to(torch.bfloat16)  # D (N, M) as cuSPARSELt writes it; y = D.t() rescaled

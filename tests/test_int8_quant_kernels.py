@@ -42,7 +42,7 @@ def same_quantization(x):
 
 torch.manual_seed(0)
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    for m, cols in ((5, 37), (3, 5000), (1, 1)):
+    for m, cols in ((5, 37), (3, 5000), (2, 9000), (1, 1)):  # 9000: the row is read twice
         x = (torch.randn(m, cols) * 3).to(dtype)
         if m > 1:
             x[1] = 0
