@@ -31,10 +31,10 @@ from sparsity_lab.sparsify import Semi24Config, sparsify_
 # (features C, tokens M, dtype, rms, affine, block_m): one tile and two passes, sizes that fit no block
 CASES = [(64, 40, "float32", False, True, 0), (96, 33, "float16", True, True, 0),
          (1024, 37, "bfloat16", False, True, 0), (1000, 70, "float32", False, False, 64),
-         (3000, 65, "float32", False, True, 0), (4096, 20, "bfloat16", True, True, 0),
-         (130, 17, "float16", False, True, 128)]
+         (3000, 65, "float32", False, True, 64), (4096, 20, "bfloat16", True, True, 0),
+         (5000, 9, "float32", True, True, 0), (130, 17, "float16", False, True, 128)]
 # two passes over tokens of mean 1000 and std 1, where sums of squares would cancel
-SHIFTED = (3000, 9, "float32", False, True, 0)
+SHIFTED = (3000, 9, "float32", False, True, 64)
 TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 # attention: (images, tokens, heads, head_dim, dtype, block_m, block_n); sequences that fit no block, ViT-L's
 # head, and query tiles that hold the end of one image and the start of the next, or several whole images
@@ -308,11 +308,17 @@ def test_dense_colmajor_mode_writes_the_sparse_layout_and_differentiates() -> No
 
 
 def test_streamed_model_compiles_whole_without_recompiles() -> None:
+    """The blocks chained (`ResidualChain`): three adds fused with the norm after them, two plain norms."""
+    from sparsity_lab.models.residual_chain import ResidualChain
+
     reference, model = _streamed()
+    assert isinstance(model.blocks, ResidualChain)
     x = torch.randn(3, 10, 64)
     with torch.no_grad():
         explained = torch._dynamo.explain(model)(x)
         assert explained.graph_break_count == 0, explained.break_reasons
+        code = explained.graphs[0].code
+        assert code.count("sparsity_lab.add_norm_t(") == 3 and code.count("sparsity_lab.norm_t(") == 2
         torch._dynamo.reset()
         compiled = torch.compile(model, fullgraph=True, dynamic=True)
         with torch._dynamo.config.patch(error_on_recompile=True):
@@ -368,11 +374,12 @@ def test_streamed_hugging_face_llama_computes_the_same() -> None:
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("rms", [False, True])
-def test_norm_speed_times_ours_against_pytorch_and_checks_it(rms: bool) -> None:
+def test_norm_speed_times_ours_against_pytorch_and_checks_it(rms: bool, residual: bool) -> None:
     from sparsity_lab.models.column_major_norm import norm_speed
 
-    out = norm_speed(64, 48, torch.float32, rms, device="cpu")
+    out = norm_speed(64, 48, torch.float32, rms, device="cpu", residual=residual)
     assert out["rel_error"] < 1e-5
     assert all(out[k] > 0 for k in ("ours_column_major_ms", "torch_row_major_ms", "torch_column_major_ms"))
 

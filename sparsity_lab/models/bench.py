@@ -23,9 +23,10 @@ transformers from the ``models`` extra):
   decode).
 * **The 2:4 decode kernels** (`--models decode`): `semi24.decode_kernel.decode_speed` at the decoder's linears,
   1, 4 and 16 tokens: cuBLAS, cuSPARSELt and our fastest tensor-core and CUDA-core launches.
-* **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`) at
-  both models' shapes and the attention that reads a 2:4 qkv's output (`models.column_major_attention.
-  attention_speed`) at ViT-L's, against PyTorch's on the layout a dense model has, per block size.
+* **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`), alone
+  and fused with the residual add before it, at both models' shapes and the attention that reads a 2:4 qkv's output
+  (`models.column_major_attention.attention_speed`) at ViT-L's, against PyTorch's on the layout a dense model has,
+  per block size.
 
 Every variant is first checked against the dense model with the same pruned weights (relative error of the
 output), then timed (`timing.bench_ms`: do_bench's median, L2 flushed). The dense, 2:4 and column-major-stream
@@ -406,11 +407,13 @@ def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
     name = str(dtype).replace("torch.", "")
     norm_speed(25216, 1024, dtype)  # untimed: an idle GPU's clock is still low for the first row
     for tokens, features, rms in ((25216, 1024, False), (16384, 4096, True)):
-        for block_m in (0, 16, 32, 64):
+        kind = "RMSNorm" if rms else "LayerNorm"
+        for block_m, residual in ((0, False), (16, False), (32, False), (64, False), (0, True)):
+            what = f"residual add + {kind}" if residual else kind
             row = {"model": "norm", "dtype": name, "phase": f"{tokens}x{features}", "compiled": False,
-                   "variant": f"column-major {'RMSNorm' if rms else 'LayerNorm'}, block_m {block_m or 'default'}"}
-            recorder.variant("stream", row, lambda t=tokens, f=features, r=rms, b=block_m: norm_speed(
-                t, f, dtype, r, block_m=b))
+                   "variant": f"column-major {what}, block_m {block_m or 'default'}"}
+            recorder.variant("stream", row, lambda t=tokens, f=features, r=rms, b=block_m, a=residual: norm_speed(
+                t, f, dtype, r, block_m=b, residual=a))
     for block_m, block_n, warps, stages in ((64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3)):
         row = {"model": "attention", "dtype": name, "phase": "128 images x 197 tokens, 16 heads x 64",
                "variant": f"column-major attention, block {block_m} x {block_n}, {warps} warps, {stages} stages",

@@ -7,10 +7,13 @@ the input of its first block on. Then per block
 
     norm1 (ColumnMajorNorm: reads and writes column-major)  ->  qkv: 2:4, D = qkvᵀ  ->  attention
     (ColumnMajorAttention: reads q, k, v from D as it lies; or a dense qkv writes row-major q, k, v for SDPA)
-    ->  proj: 2:4, y column-major  ->  residual add, both column-major  ->  norm2  ->  fc1: 2:4 reads x in place
-    ->  GELU  ->  fc2: 2:4  ->  residual add
+    ->  proj: 2:4, y column-major  ->  residual add + norm2 (one kernel: both column-major)  ->  fc1: 2:4 reads
+    the norm in place  ->  GELU  ->  fc2: 2:4  ->  residual add + the next block's norm1 (one kernel)
 
-and the only copy left is the one at the stream's entry. A dense layer that writes into the stream takes the
+and the only copy left is the one at the stream's entry. Each residual add is fused with the norm that reads its
+sum (`ColumnMajorNorm.add_forward`: x and the branch read once, the sum and its norm written once, where an add
+then a norm pass over the stream five times); the second add of a block meets the next block's norm1, so the
+blocks' ``nn.Sequential`` is run as one `ResidualChain`. A dense layer that writes into the stream takes the
 mode "dense-colmajor" (cuBLAS writes yᵀ, the same layout at the same speed); `dispatch.tune_` chooses each
 group's mode by timing the streamed model, as for a row-major one, and with ``stream=`` whether the stream is
 kept at all (the model tuned with and without it, timed whole: compiled, Inductor's fusions can favour row-major).
@@ -19,11 +22,15 @@ What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm
 ``attention=True``, every self-attention `ColumnMajorAttention` takes (timm's ViT ``Attention``, our encoder's) is
 swapped for one sharing its weights, which takes either layout (so a norm before the stream computes as before);
 a forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
-``hidden_states=``) column-major. Values are unchanged: the streamed model computes what it computed before, up to
-the order of float sums; a call that needs gradients runs PyTorch's norm and SDPA (the kernels have no
-backward), so a streamed model trains as before. All or nothing: a name that is not a submodule, or a model
-already streamed, is refused before anything changes. `remove_column_major_stream_` undoes the entry hook;
-`layouts` shows what each norm, attention and linear reads and writes.
+``hidden_states=``) column-major; with ``fuse_residual=True``, the ``nn.Sequential`` that `first_block` begins
+becomes a `ResidualChain` where its blocks are known pre-norm blocks (our encoder's, timm's ViT ``Block``) with
+swapped norms -- the chain does the entry conversion itself, once, and the blocks, called alone, are as before.
+Values are unchanged: the streamed model computes what it computed before, up to the order of float sums; a call
+that needs gradients runs PyTorch's add, norm and SDPA (the kernels have no backward), so a streamed model trains
+as before. All or nothing: a name that is not a submodule, or a model already streamed, is refused before
+anything changes. `remove_column_major_stream_` undoes the entry hook (a chain then computes as the blocks do,
+from a row-major input); `layouts` shows what each norm, attention and linear reads and writes (its hooks make a
+chain call its blocks one by one, unfused).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from sparsity_lab.models.column_major_attention import ColumnMajorAttention
 from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, to_column_major
 
 if TYPE_CHECKING:
-    from sparsity_lab.sparsify import Report
+    from sparsity_lab.sparsify import LayerReport, Report
 
 _HOOK = "_sparsity_lab_column_major_stream"  # the attribute of the first block that holds the hook's handle
 
@@ -53,11 +60,20 @@ def _entry(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
                      f"nothing to turn column-major")
 
 
-def column_major_stream_(model: nn.Module, first_block: str, attention: bool = True) -> Report:
+def enters_stream(block: nn.Module) -> bool:
+    """Whether `block` carries the stream's entry hook (its hidden-state input is turned column-major). Looks for
+    the hook itself, not its handle: ``torch.compile`` traces this and cannot represent a handle."""
+    return any(hook is _entry for hook in block._forward_pre_hooks.values())
+
+
+def column_major_stream_(model: nn.Module, first_block: str, attention: bool = True,
+                         fuse_residual: bool = True) -> Report:
     """Keep `model`'s residual stream column-major from the input of `first_block` (e.g. ``"blocks.0"`` for timm's
     ViT, ``"layers.0"`` for a Hugging Face decoder) on, in place; with `attention`, also swap the self-attention
-    modules `ColumnMajorAttention` takes, so a 2:4 qkv's output is read as it lies. Returns a `Report` for the
-    block, every norm and every attention (swapped, or why it was left)."""
+    modules `ColumnMajorAttention` takes, so a 2:4 qkv's output is read as it lies; with `fuse_residual`, swap the
+    ``nn.Sequential`` whose first block is `first_block` for a `ResidualChain` (each residual add fused with the
+    norm after it) where `residual_chain.unfit` allows. Returns a `Report` for the block, every norm and every
+    attention (swapped, or why it was left) and for the blocks' container (chained, or why not)."""
     from sparsity_lab.sparsify import LayerReport, Report
 
     if not isinstance(model, nn.Module):
@@ -86,8 +102,29 @@ def column_major_stream_(model: nn.Module, first_block: str, attention: bool = T
     for fqn, swapped in swaps.items():
         parent, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, swapped)
+    parent, _, child = first_block.rpartition(".")
+    report[parent] = _chain_(model, parent, child, fuse_residual)
     setattr(block, _HOOK, block.register_forward_pre_hook(_entry, with_kwargs=True))
     return report
+
+
+def _chain_(model: nn.Module, parent: str, first: str, fuse_residual: bool) -> LayerReport:
+    """`model`'s submodule `parent` swapped for a `ResidualChain` where it is a Sequential that `first` begins and
+    `residual_chain.unfit` allows; what was done, or why not."""
+    from sparsity_lab.models.residual_chain import ResidualChain, unfit
+    from sparsity_lab.sparsify import LayerReport
+
+    blocks = model.get_submodule(parent)
+    reason = "fuse_residual=False" if not fuse_residual else unfit(blocks)
+    if not reason and next(iter(blocks._modules)) != first:
+        reason = f"the stream starts at block {first}, not at the first block of {parent}"
+    if not reason and not parent:
+        reason = "the Sequential of blocks is the model itself, which cannot be replaced in place"
+    if reason:
+        return LayerReport(False, f"left as it is, residual adds unfused: {reason}")
+    owner, _, name = parent.rpartition(".")
+    setattr(model.get_submodule(owner), name, ResidualChain.from_sequential(blocks))
+    return LayerReport(True, "ResidualChain: each residual add fused with the norm after it (one kernel, add_norm_t)")
 
 
 def remove_column_major_stream_(model: nn.Module) -> None:
