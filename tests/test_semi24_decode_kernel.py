@@ -23,8 +23,10 @@ def _run_cases() -> dict[str, float]:
     from sparsity_lab.semi24.decode_kernel import CUDA_CORE_TOKENS, DEFAULT, DecodeConfig, decode_linear
 
     split = DecodeConfig(block_n=16, block_k=64, split_k=2, num_warps=4, num_stages=2)  # float32 atomics over K
-    # CUDA cores: K tiles past the end of K (320 = 2.5 tiles), rows past N, and a split with partial tiles
-    cuda = [DecodeConfig(8, 128, 1, 4, 1, "cuda"), DecodeConfig(4, 128, 3, 4, 1, "cuda")]
+    # CUDA cores: K tiles past the end of K (320 = 2.5 tiles), rows past N, a split with partial tiles, and K steps
+    # unrolled four a turn (320 = 5 steps of 64: one turn and one step left over)
+    cuda = [DecodeConfig(8, 128, 1, 4, 1, "cuda"), DecodeConfig(4, 128, 3, 4, 1, "cuda"),
+            DecodeConfig(2, 64, 1, 4, 1, "cuda", unroll=4)]
 
     errors = {}
     for m, n, k, name, with_bias in CASES:
@@ -41,15 +43,15 @@ def _run_cases() -> dict[str, float]:
             y = decode_linear(x, values, meta, bias, config)
             ok_layout = y.shape == (m, n) and y.is_contiguous() and y.dtype == dtype
             error = float((y.double() - reference).norm() / reference.norm()) if ok_layout else 1.0
-            errors[f"{m}x{n}x{k} {name} {config.cores} split {config.split_k}"] = error
+            errors[f"{m}x{n}x{k} {name} {config.cores} split {config.split_k} unroll {config.unroll}"] = error
     return errors
 
 
 def test_decode_kernel_in_triton_interpreter(interpreted) -> None:
     errors = interpreted(__file__)
     cuda_cases = sum(m <= 8 and name != "float32" for m, _, _, name, _ in CASES)
-    assert len(errors) == 2 * len(CASES) + 2 * cuda_cases
-    assert sum(" cuda " in case for case in errors) == 2 * cuda_cases == 8
+    assert len(errors) == 2 * len(CASES) + 3 * cuda_cases
+    assert sum(" cuda " in case for case in errors) == 3 * cuda_cases == 12
     for case, error in errors.items():
         assert error < TOLERANCE[case.split()[1]], (case, error)
 

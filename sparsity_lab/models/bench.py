@@ -408,7 +408,7 @@ def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
     norm_speed(25216, 1024, dtype)  # untimed: an idle GPU's clock is still low for the first row
     for tokens, features, rms in ((25216, 1024, False), (16384, 4096, True)):
         kind = "RMSNorm" if rms else "LayerNorm"
-        for block_m, residual in ((0, False), (16, False), (32, False), (64, False), (0, True)):
+        for block_m, residual in ((0, False), (8, False), (16, False), (32, False), (64, False), (0, True)):
             what = f"residual add + {kind}" if residual else kind
             row = {"model": "norm", "dtype": name, "phase": f"{tokens}x{features}", "compiled": False,
                    "variant": f"column-major {what}, block_m {block_m or 'default'}"}

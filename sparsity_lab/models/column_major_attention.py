@@ -103,10 +103,16 @@ def _attention_t(d: torch.Tensor, images: int, heads: int, block_m: int = 64, bl
     measured fastest at ViT-L's shape on an H200 (docs/performance/models.md)."""
     check_operands(d, images, heads)
     d = d.contiguous()
-    c = d.shape[0] // 3
     if not (triton_available() and (d.is_cuda or triton_interpreting()) and d.dtype in (torch.float16,
                                                                                            torch.bfloat16)):
         return attention_t_reference(d, images, heads)
+    return _launch(d, images, heads, block_m, block_n, warps, stages)
+
+
+def _launch(d: torch.Tensor, images: int, heads: int, block_m: int, block_n: int, warps: int, stages: int
+            ) -> torch.Tensor:
+    """One `_attention_t_kernel` over contiguous D (3C, M): o (M, C) row-major."""
+    c = d.shape[0] // 3
     m, tokens, head_dim = d.shape[1], d.shape[1] // images, c // heads
     out = torch.empty((m, c), dtype=d.dtype, device=d.device)
     scale = head_dim ** -0.5 * 1.4426950408889634  # softmax in base 2

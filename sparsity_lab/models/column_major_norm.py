@@ -123,12 +123,16 @@ if triton_available():
                 tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def tile_config(c: int, residual: bool, block_m: int = 0) -> tuple[int, bool, int]:
-    """(tokens a program takes, whether one pass holds all C features, warps) for C features; `block_m` 0: the
-    measured default (`NORM_TOKENS`, `ADD_NORM_TOKENS` where one pass holds them, else 64 in two passes)."""
+def tile_config(c: int, residual: bool, block_m: int = 0, itemsize: int = 2) -> tuple[int, bool, int]:
+    """(tokens a program takes, whether one pass holds all C features, warps) for C features of `itemsize`-byte
+    values; `block_m` 0: the measured default (`NORM_TOKENS`, `ADD_NORM_TOKENS` where one pass holds them, else 64
+    in two passes). Float32 tiles get half the elements (their one-pass tiles spill at the 16-bit sizes: 2.9 KB a
+    thread for the fused add over 1024 features, scripts/hopper_build.py) and as few as 8 tokens (32 bytes)."""
     width = triton.next_power_of_2(c)
-    limit = MAX_TILE // 2 if residual else MAX_TILE  # the fused add holds x, its branch and their sum
+    limit = MAX_TILE >> (residual + (itemsize > 2))  # the fused add holds x, its branch and their sum
     tokens = ADD_NORM_TOKENS if residual else NORM_TOKENS
+    while itemsize > 2 and tokens > 8 and width * tokens > limit:
+        tokens //= 2
     block_m = block_m or (tokens if width * tokens <= limit else 64)
     one_pass = width * block_m <= limit
     warps = (8 if width * block_m <= 32768 else 16) if one_pass else (8 if residual else 4)
@@ -165,7 +169,7 @@ def _launch(d: torch.Tensor, r: torch.Tensor | None, weight: torch.Tensor | None
     """One `_norm_t_kernel` over contiguous D (C, M) (and R, added first, where given): (S, the norm), S = D
     without R."""
     c, m = d.shape
-    block_m, one_pass, warps = tile_config(c, r is not None, block_m)
+    block_m, one_pass, warps = tile_config(c, r is not None, block_m, d.element_size())
     s = d if r is None else torch.empty_like(d)
     out = torch.empty_like(d)
     weight = None if weight is None else weight.contiguous()

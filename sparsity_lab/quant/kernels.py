@@ -62,26 +62,28 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_q
     offs = tl.arange(0, BLOCK_K)
     if ONE_LOAD:
         v = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0).to(tl.float32)
-        scale = tl.div_rn(tl.max(tl.abs(v), axis=0), QMAX)  # IEEE division, as torch: `/` on GPUs is approximate
-        tl.store(s_ptr + row, scale)
-        q = _on_grid(tl.div_rn(v, tl.where(scale > 0.0, scale, 1.0)), QMAX, FP8, MANTISSA, MIN_EXP)
-        tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=offs < K)
+        amax = tl.max(tl.abs(v), axis=0)
     else:
-        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        peak = tl.zeros([BLOCK_K], dtype=tl.float32)
         start = 0
         while start < K:  # not `range(0, K, ...)`: Triton 3.6's interpreter cannot take a runtime bound (NumPy 2.4)
             cols = start + offs
-            v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(v))
+            x = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
+            peak = tl.maximum(peak, tl.abs(x))
             start += BLOCK_K
-        scale = tl.div_rn(tl.max(amax, axis=0), QMAX)
-        safe = tl.where(scale > 0.0, scale, 1.0)
-        tl.store(s_ptr + row, scale)
+        amax = tl.max(peak, axis=0)
+    scale = tl.div_rn(amax, QMAX)  # IEEE division, as torch: `/` on GPUs is approximate
+    safe = tl.where(scale > 0.0, scale, 1.0)
+    tl.store(s_ptr + row, scale)
+    if ONE_LOAD:  # the row held since the first branch (a constexpr `if` shares the kernel's scope)
+        q = _on_grid(tl.div_rn(v, safe), QMAX, FP8, MANTISSA, MIN_EXP)
+        tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=offs < K)
+    else:
         start = 0
         while start < K:
             cols = start + offs
-            v = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
-            q = _on_grid(tl.div_rn(v, safe), QMAX, FP8, MANTISSA, MIN_EXP)
+            x = tl.load(x_ptr + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
+            q = _on_grid(tl.div_rn(x, safe), QMAX, FP8, MANTISSA, MIN_EXP)
             tl.store(q_ptr + row * stride_qm + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
             start += BLOCK_K
 

@@ -15,8 +15,8 @@ Two ways to multiply, `DecodeConfig.cores` (the fastest kept per shape by `best_
 
   Everything is read in whole words: the pair (v0, v1) is one int32, group g's four x entries one int64 (x[m, 4g + i]
   its 16 bits at 16·i, picked by a shift), and eight nibbles one int32; a 16-bit float becomes a float32 by bits
-  (a bfloat16 is a float32's top half). So the weight streams in as wide coalesced loads, with no select, reshape
-  or shuffle between the load and the multiply-add.
+  (a bfloat16 is a float32's top half). So the weight streams in as coalesced loads, with no select, reshape or
+  shuffle between the load and the multiply-add (at the tile sizes `DecodeConfig` describes).
 
 * "tensor" (1-64 tokens, 16 a tile): the dense (BLOCK_N x BLOCK_K) tile of W rebuilt in registers from the values
   and nibbles, then multiplied on tensor cores:
@@ -92,7 +92,7 @@ if triton_available():
     @triton.jit
     def _gemv_kernel(x_ptr, pairs_ptr, meta_ptr, bias_ptr, y_ptr, M, N, G, G_PER_SPLIT, HAS_BIAS: tl.constexpr,
                      BF16: tl.constexpr, TOKENS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                     SPLIT_K: tl.constexpr):
+                     SPLIT_K: tl.constexpr, UNROLL: tl.constexpr):
         # x_ptr: int64 words, x[m, 4g .. 4g + 3] in word (m, g) (16 bits each, the lowest first); pairs_ptr: int32
         # words, the kept pair (v0 low, v1 high) of group g of row n; meta_ptr: int32 words of 8 nibbles, group g's
         # at bits 4 (g % 8) of word g // 8 of its row. G = K / 4 groups a row.
@@ -102,10 +102,14 @@ if triton_available():
         n_in, m_in = n < N, m < M
         pairs_row = pairs_ptr + n[:, None].to(tl.int64) * G
         meta_row = meta_ptr + n[:, None].to(tl.int64) * (G // 8)
-        x_row = x_ptr + m[:, None].to(tl.int64) * G
+        # x's words are addressed once per weight row (a zero stride along n) and loaded (TOKENS, BLOCK_N, BLOCK_G):
+        # with two words a thread (`DecodeConfig`), that puts them in the weight tile's register layout, so nothing
+        # moves between threads (through shared memory, with barriers) before the multiply-add; rows re-read x from L1.
+        x_rows = x_ptr + m[:, None, None].to(tl.int64) * G + 0 * n[None, :, None]
         acc = tl.zeros((TOKENS, BLOCK_N, BLOCK_G), dtype=tl.float32)
         g_first = pid_s * G_PER_SPLIT
-        for g0 in tl.range(g_first, tl.minimum(g_first + G_PER_SPLIT, G), BLOCK_G):
+        # UNROLL steps a turn: their loads are issued together, so more bytes are in flight per thread
+        for g0 in tl.range(g_first, tl.minimum(g_first + G_PER_SPLIT, G), BLOCK_G, loop_unroll_factor=UNROLL):
             g = g0 + tl.arange(0, BLOCK_G)
             w_in = n_in[:, None] & (g < G)[None, :]
             pair = tl.load(pairs_row + g[None, :], mask=w_in, other=0)  # (BLOCK_N, BLOCK_G) int32
@@ -113,7 +117,7 @@ if triton_available():
             nibble = (word >> ((g % 8) * 4)[None, :]) & 0xF
             shift0 = ((nibble & 3) * 16).to(tl.int64)[None, :, :]  # where in x's word the kept positions lie
             shift1 = ((nibble >> 2) * 16).to(tl.int64)[None, :, :]
-            xw = tl.load(x_row + g[None, :], mask=m_in[:, None] & (g < G)[None, :], other=0)[:, None, :]
+            xw = tl.load(x_rows + g[None, None, :], mask=m_in[:, None, None] & (g < G)[None, None, :], other=0)
             x0, x1 = ((xw >> shift0) & 0xFFFF).to(tl.int32), ((xw >> shift1) & 0xFFFF).to(tl.int32)
             if BF16:  # a bfloat16 is the top half of a float32
                 v0, v1 = (pair << 16).to(tl.float32, bitcast=True), (pair & -65536).to(tl.float32, bitcast=True)
@@ -158,7 +162,12 @@ def check_operands(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) ->
 class DecodeConfig:
     """One launch of the kernel: weight rows and columns per tile, `split_k` programs along K (> 1: float32
     atomics into y, then one cast), Triton's warps and pipeline stages, and which `cores` multiply ("tensor":
-    the tile of W rebuilt for tensor cores, any 1-64 tokens; "cuda": multiply-adds as the weight lies, 1-8)."""
+    the tile of W rebuilt for tensor cores, any 1-64 tokens; "cuda": multiply-adds as the weight lies, 1-8).
+
+    The CUDA-core kernel's loads are not pipelined by Triton (stages change nothing there); `unroll` K steps a loop
+    turn keep several in flight instead. Its tiles hold two words a thread (block_n * block_k / 4 = 64 * num_warps):
+    then the pairs and x's words load into one register layout (checked for sm_90 by tests/test_hopper_build.py);
+    at four, the pairs' load is vectorized wider than x's and both are exchanged through shared memory every step."""
 
     block_n: int = 32
     block_k: int = 128
@@ -166,6 +175,7 @@ class DecodeConfig:
     num_warps: int = 4
     num_stages: int = 3
     cores: str = "tensor"
+    unroll: int = 1
 
     def fits(self, tokens: int, dtype: torch.dtype = torch.float16) -> bool:
         """Whether this launch takes `tokens` rows of x of `dtype`."""
@@ -178,14 +188,14 @@ CUDA_CORE_TOKENS = 8  # the most tokens the CUDA-core kernel takes: past that, e
 DEFAULT = DecodeConfig()  # what Triton's interpreter runs
 # The configurations `best_config` times on a GPU: narrow tiles or K-splits give enough programs to keep every
 # SM reading (N = 4096 rows in tiles of 64 is 64 programs, half an H200), wide K tiles give long contiguous reads;
-# for the CUDA-core kernel, pipeline stages keep the next tiles' loads in flight while one is multiplied.
+# for the CUDA-core kernel (two words a thread), unrolled K steps keep several loads in flight.
 CANDIDATES = tuple(DecodeConfig(bn, bk, split, warps, stages) for bn, bk, split, warps, stages in (
     (16, 128, 2, 4, 3), (32, 128, 4, 4, 3), (64, 128, 4, 4, 3), (16, 256, 1, 8, 4), (32, 256, 2, 8, 3),
     (16, 256, 1, 4, 3), (64, 128, 1, 4, 3), (64, 128, 8, 4, 3))) + tuple(
-    DecodeConfig(bn, bk, split, warps, stages, "cuda") for bn, bk, split, warps, stages in (
-        (2, 512, 1, 4, 1), (4, 512, 1, 4, 1), (4, 1024, 1, 4, 1), (8, 1024, 1, 8, 1), (16, 512, 1, 8, 1),
-        (2, 512, 1, 4, 3), (4, 512, 1, 4, 3), (8, 512, 1, 4, 4), (4, 1024, 1, 4, 3), (2, 512, 4, 4, 3),
-        (4, 256, 4, 4, 3), (8, 512, 4, 4, 3)))
+    DecodeConfig(bn, bk, split, warps, 1, "cuda", unroll) for bn, bk, split, warps, unroll in (
+        (2, 512, 1, 4, 1), (2, 512, 1, 4, 2), (2, 512, 1, 4, 4), (4, 256, 1, 4, 2), (4, 256, 1, 4, 4),
+        (4, 512, 1, 8, 2), (4, 512, 1, 8, 4), (1, 1024, 1, 4, 4), (8, 256, 1, 8, 4), (2, 512, 4, 4, 2),
+        (4, 256, 4, 4, 2), (2, 512, 8, 4, 1)))
 _BEST: dict[tuple, DecodeConfig] = {}
 
 
@@ -237,7 +247,7 @@ def decode_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bia
                            values if bias is None else bias, y, m, n, k // 4, k_per_split // 4,
                            HAS_BIAS=bias is not None, BF16=x.dtype == torch.bfloat16, TOKENS=tokens,
                            BLOCK_N=config.block_n, BLOCK_G=config.block_k // 4, SPLIT_K=grid[1],
-                           num_warps=config.num_warps, num_stages=config.num_stages)
+                           UNROLL=config.unroll, num_warps=config.num_warps, num_stages=config.num_stages)
     else:
         _decode_kernel[grid](x, values, meta, values if bias is None else bias, y, m, n, k, k_per_split,
                              HAS_BIAS=bias is not None, BLOCK_M=tokens, BLOCK_N=config.block_n,
@@ -282,6 +292,6 @@ def decode_speed(tokens: int, out_features: int, in_features: int, dtype: torch.
                 best = min(times, key=times.get)
                 out[f"ours_{cores}_ms"] = times[best]
                 out[f"ours_{cores}_config"] = [best.block_n, best.block_k, best.split_k, best.num_warps,
-                                               best.num_stages]
+                                               best.num_stages, best.unroll]
         out["rel_error"] = relative_error(decode_linear(x, *packed[0]), x.double() @ ws[0].double().t())
     return out

@@ -44,6 +44,11 @@ def row_major(y: torch.Tensor, block_m: int = 64, block_n: int = 64) -> torch.Te
     under ``TRITON_INTERPRET=1``), ``y.contiguous()`` for anything else. Bit-exact: values are only moved."""
     if not is_column_major(y) or not triton_available() or (not y.is_cuda and not triton_interpreting()):
         return y.contiguous()
+    return _launch(y, block_m, block_n)
+
+
+def _launch(y: torch.Tensor, block_m: int, block_n: int) -> torch.Tensor:
+    """One `_row_major_kernel` over a column-major y: the row-major copy."""
     m, n = y.shape
     out = torch.empty((m, n), dtype=y.dtype, device=y.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
