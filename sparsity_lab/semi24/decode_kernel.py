@@ -113,8 +113,8 @@ if triton_available():
             g = g0 + tl.arange(0, BLOCK_G)
             w_in = n_in[:, None] & (g < G)[None, :]
             pair = tl.load(pairs_row + g[None, :], mask=w_in, other=0)  # (BLOCK_N, BLOCK_G) int32
-            word = tl.load(meta_row + (g // 8)[None, :], mask=w_in, other=0)
-            nibble = (word >> ((g % 8) * 4)[None, :]) & 0xF
+            word = tl.load(meta_row + (g >> 3)[None, :], mask=w_in, other=0)  # g // 8 and g % 8 without a sign
+            nibble = (word >> ((g & 7) * 4)[None, :]) & 0xF
             shift0 = ((nibble & 3) * 16).to(tl.int64)[None, :, :]  # where in x's word the kept positions lie
             shift1 = ((nibble >> 2) * 16).to(tl.int64)[None, :, :]
             xw = tl.load(x_rows + g[None, None, :], mask=m_in[:, None, None] & (g < G)[None, None, :], other=0)
@@ -127,7 +127,8 @@ if triton_available():
                 v1 = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
                 x0 = x0.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
                 x1 = x1.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            acc += v0[None, :, :] * x0 + v1[None, :, :] * x1
+            acc += v0[None, :, :] * x0  # two fused multiply-adds
+            acc += v1[None, :, :] * x1
         out = tl.sum(acc, axis=2)  # (TOKENS, BLOCK_N)
         if HAS_BIAS:
             if pid_s == 0:
