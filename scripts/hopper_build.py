@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARCH = 90  # sm_90a: the H100 / H200 the library is measured on
 MAX_SHARED = 227 * 1024  # bytes of shared memory a block may take on sm_90 (opted in)
+UNHOOKABLE = 3  # the exit status when this Triton's JIT cannot be hooked
 
 
 class _HopperStandIn:
@@ -55,6 +56,20 @@ class _HopperStandIn:
 
     def get_active_torch_device(self) -> torch.device:
         return torch.device("cpu")
+
+
+def hookable() -> str | None:
+    """Why this Triton's JIT is not the one `compile_only` hooks (written against Triton 3.6-3.9), or None."""
+    import inspect
+
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    if not {"grid", "warmup"} <= set(inspect.signature(JITFunction.run).parameters):
+        return f"Triton {triton.__version__}: JITFunction.run takes no grid and warmup"
+    if not hasattr(triton.runtime.driver, "_active"):
+        return f"Triton {triton.__version__}: its driver config holds no active driver"
+    return None
 
 
 @contextlib.contextmanager
@@ -256,6 +271,9 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 is set: the kernels would be built for the interpreter, not the GPU")
+    if (why := hookable()) is not None:
+        print(why, file=sys.stderr)
+        sys.exit(UNHOOKABLE)
     report = build_all()
     if args.json:
         print(json.dumps(report))

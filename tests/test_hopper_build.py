@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "hopper_build.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from hopper_build import MAX_SHARED, UNHOOKABLE  # noqa: E402  (scripts/ is not a package)
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,8 @@ def report() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, str(SCRIPT), "--json"], env=env, capture_output=True, text=True,
                          timeout=900)
+    if out.returncode == UNHOOKABLE:  # a Triton whose JIT the script cannot hook: said, not failed
+        pytest.skip(out.stderr.strip().splitlines()[-1])
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -45,9 +49,6 @@ MEASURED_SPILLS = {("_norm_t_kernel", 4096, 16)}
 
 
 def test_no_variant_spills_or_overflows_shared_memory(report: dict) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    from hopper_build import MAX_SHARED
-
     for v in report["variants"]:
         where = f"{v['kernel']} {v['constexprs']}"
         shape = (v["kernel"], v["constexprs"].get("BLOCK_C"), v["constexprs"].get("BLOCK_M"))
