@@ -168,7 +168,7 @@ class DecodeConfig:
     The CUDA-core kernel's loads are not pipelined by Triton (stages change nothing there); `unroll` K steps a loop
     turn keep several in flight instead. Its tiles hold two words a thread (block_n * block_k / 4 = 64 * num_warps):
     then the pairs and x's words load into one register layout (checked for sm_90 by tests/test_hopper_build.py);
-    at four, the pairs' load is vectorized wider than x's and both are exchanged through shared memory every step."""
+    with four a thread, the pairs' load is vectorized wider than x's and both go through shared memory every step."""
 
     block_n: int = 32
     block_k: int = 128
