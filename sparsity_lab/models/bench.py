@@ -19,8 +19,9 @@ transformers from the ``models`` extra):
   before capture, where Inductor fuses the small kernels around the linears). Variants: dense, ours 2:4 (`tune_` at
   each shape: eager for prefill, from CUDA graphs for decode, where the decode kernels are candidates; `--phases
   prefill-graphs`: prefill at batch 1 tuned and timed from CUDA graphs, where eager is host-bound), ours 2:4
-  with a column-major stream where it is faster (prefill), block-sparse MLPs at 90% (tuned from CUDA graphs for
-  decode).
+  with a column-major stream where it is faster (prefill), ours FP8 e4m3 2:4 (`Fp8Config`, tuned; prefill only: at
+  batch 8 its MLP linears are the 16 384-token shapes of docs/performance/fp8.md), block-sparse MLPs at 90% (tuned
+  from CUDA graphs for decode).
 * **The 2:4 decode kernels** (`--models decode`): `semi24.decode_kernel.decode_speed` at the decoder's linears,
   1, 4 and 16 tokens: cuBLAS, cuSPARSELt and our fastest tensor-core and CUDA-core launches.
 * **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`), alone
@@ -335,6 +336,8 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
     mlp = ("gate_proj", "up_proj", "down_proj")
     ours = copy.deepcopy(base)
     sparsify_(ours, Semi24Config())
+    fp8 = copy.deepcopy(base)  # FP8 e4m3 2:4 (prefill only: at decode sizes its per-token quantize is all overhead)
+    sparsify_(fp8, Fp8Config(prune=False))
     blocks = block_prune_mlps(base, mlp, 0.9)
     block_dense = blocks
     block_ours = copy.deepcopy(blocks)
@@ -349,7 +352,7 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
             reference = hidden(base(*ids, use_cache=False))
             block_reference = hidden(block_dense(*ids, use_cache=False))
         for name, model, ref in (("dense", base, reference), ("ours 2:4", ours, reference),
-                                 ("ours 2:4 column-major stream", ours, reference),
+                                 ("ours 2:4 column-major stream", ours, reference), ("ours fp8 2:4", fp8, reference),
                                  ("ours block 64 90% MLP", block_ours, block_reference)):
             def prefill(model: nn.Module = model, ref: torch.Tensor = ref, name: str = name, ids: tuple = ids,
                         graphs: bool = graphs) -> dict[str, Any]:
@@ -363,7 +366,8 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
                     tuning = tune_(model, ids, block="layers.0", graphs=graphs)
                 if name.startswith("ours"):
                     out["tuning"] = {fqn: entry.what for fqn, entry in tuning.items() if fqn.startswith("layers.0.")}
-                out["rel_error"] = _checked(call, ref, ids, MAX_RELATIVE_ERROR["other"], hidden)
+                limit = MAX_RELATIVE_ERROR["fp8" if "fp8" in name else "other"]
+                out["rel_error"] = _checked(call, ref, ids, limit, hidden)
                 out["ms"] = (_replayed if graphs else _timed)(call, ids)
                 return out
 

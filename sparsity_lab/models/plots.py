@@ -79,7 +79,7 @@ def llama_figure(rows: Sequence[dict[str, Any]], caption: str = "", title: str =
     block_dense = {key(r): r["ms"] for r in timed if r["variant"] == "dense block-pruned"}
     fig = go().Figure()
     for dtype in dict.fromkeys(r["dtype"] for r in timed):
-        for variant in ("ours 2:4", "ours 2:4 column-major stream", "ours block 64 90% MLP"):
+        for variant in ("ours 2:4", "ours 2:4 column-major stream", "ours fp8 2:4", "ours block 64 90% MLP"):
             mine = [r for r in timed if r["dtype"] == dtype and r["variant"] == variant]
             xs, ys = [], []
             for r in mine:
