@@ -167,6 +167,16 @@ def test_llama_figure_compares_compiled_with_compiled() -> None:
     assert list(bars.y) == pytest.approx([1.25, 1.25])
 
 
+def test_llama_figure_draws_each_variant_over_its_own_dense() -> None:
+    pytest.importorskip("plotly")
+    prefill = {"dtype": "bfloat16", "phase": "prefill", "batch": 8}
+    rows = [{**prefill, "variant": "dense", "ms": 60.0}, {**prefill, "variant": "ours fp8 2:4", "ms": 40.0},
+            {**prefill, "variant": "dense block-pruned", "ms": 50.0},
+            {**prefill, "variant": "ours block 64 90% MLP", "ms": 25.0}]
+    bars = {bar.name: list(bar.y) for bar in plots.llama_figure(rows).data}
+    assert bars == {"ours fp8 2:4, bfloat16": [pytest.approx(1.5)], "ours block 64 90% MLP, bfloat16": [2.0]}
+
+
 def test_layout_figure_colours_what_each_module_reads_and_writes() -> None:
     pytest.importorskip("plotly")
     before = {"norm1": ("row-major", "row-major"), "fc1": ("row-major", "column-major")}
