@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARCH = 90  # sm_90a: the H100 / H200 the library is measured on
 MAX_SHARED = 227 * 1024  # bytes of shared memory a block may take on sm_90 (opted in)
-UNHOOKABLE = 3  # the exit status when this Triton's JIT cannot be hooked
+UNHOOKABLE = 3  # the exit status when this Triton cannot build and read sm_90a kernels here (`hookable`)
 
 
 class _HopperStandIn:
@@ -58,13 +58,23 @@ class _HopperStandIn:
         return torch.device("cpu")
 
 
+def _nvidia_tool(name: str) -> Path:
+    """A binary of the NVIDIA backend that ships in Triton's wheel (ptxas, cuobjdump)."""
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+
+
 def hookable() -> str | None:
-    """Why this Triton's JIT is not the one `compile_only` hooks (written against Triton 3.6-3.9), or None."""
+    """Why this Triton cannot build and read sm_90a kernels the way `compile_only` and `resource_usage` do
+    (written against Triton 3.6-3.9: no NVIDIA backend, or a JIT of another shape), or None."""
     import inspect
 
     import triton
     from triton.runtime.jit import JITFunction
 
+    if not _nvidia_tool("cuobjdump").exists():
+        return f"Triton {triton.__version__} has no NVIDIA backend (ptxas, cuobjdump)"
     if not {"grid", "warmup"} <= set(inspect.signature(JITFunction.run).parameters):
         return f"Triton {triton.__version__}: JITFunction.run takes no grid and warmup"
     if not hasattr(triton.runtime.driver, "_active"):
@@ -103,13 +113,11 @@ def compile_only() -> Iterator[list[dict]]:
 
 
 def _cuobjdump(cubin: bytes, *flags: str) -> str:
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([str(tool), *flags, f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([str(_nvidia_tool("cuobjdump")), *flags, f.name], capture_output=True, text=True,
+                              check=True).stdout
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
@@ -246,6 +254,8 @@ BUILDS: dict[str, Callable[[], None]] = {"quant": _quant, "semi24 decode": _semi
 def build_all() -> dict:
     """Every build of `BUILDS` under `compile_only`: the variants with their resources, and the package's kernels
     that none of them built."""
+    import triton
+
     start, seconds = time.perf_counter(), {}
     with compile_only() as built:
         for name, build in BUILDS.items():
@@ -260,7 +270,7 @@ def build_all() -> dict:
         variants.append({**{k: v for k, v in b.items() if k != "compiled"}, "constexprs": constexprs,
                          "shared": b["compiled"].metadata.shared, **used})
     names = {f"{b['module']}.{b['kernel']}" for b in built}
-    return {"triton": __import__("triton").__version__, "arch": f"sm_{ARCH}a", "variants": variants,
+    return {"triton": triton.__version__, "arch": f"sm_{ARCH}a", "variants": variants,
             "not_built": sorted(package_kernels() - names), "build_seconds": seconds,
             "seconds": round(time.perf_counter() - start, 1)}
 

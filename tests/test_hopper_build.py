@@ -1,6 +1,6 @@
 """Every Triton kernel of the package compiles for sm_90a (Hopper) without a GPU, as the library launches it
-(scripts/hopper_build.py), with no register spills; and the CUDA-core 2:4 decode kernel keeps the property its
-tiles are chosen for: no barrier (no data exchanged between warps) inside its K loop."""
+(scripts/hopper_build.py), spilling no more than a few registers; and the CUDA-core 2:4 decode kernel keeps the
+property its tiles are chosen for: no barrier (no data exchanged between warps) inside its K loop."""
 
 from __future__ import annotations
 
@@ -19,13 +19,11 @@ from hopper_build import MAX_SHARED, UNHOOKABLE  # noqa: E402  (scripts/ is not 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    triton = pytest.importorskip("triton")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
-        pytest.skip("this Triton has no NVIDIA backend (ptxas, cuobjdump)")
+    pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, str(SCRIPT), "--json"], env=env, capture_output=True, text=True,
                          timeout=900)
-    if out.returncode == UNHOOKABLE:  # a Triton whose JIT the script cannot hook: said, not failed
+    if out.returncode == UNHOOKABLE:  # a Triton without the NVIDIA backend, or whose JIT it cannot hook: said
         pytest.skip(out.stderr.strip().splitlines()[-1])
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -33,7 +31,7 @@ def report() -> dict:
 
 def test_every_kernel_builds_for_hopper(report: dict) -> None:
     assert report["arch"] == "sm_90a"
-    assert report["not_built"] == [], "kernels no build in scripts/hopper_build.py launches"
+    assert report["not_built"] == [], "kernels that no build in scripts/hopper_build.py launches"
     kernels = {v["kernel"] for v in report["variants"]}
     assert {"_gemv_kernel", "_decode_kernel", "_quantize_rows_kernel", "_norm_t_kernel", "_attention_t_kernel",
             "_bsr_linear_tma_kernel"} <= kernels
