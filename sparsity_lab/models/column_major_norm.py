@@ -129,7 +129,7 @@ def tile_config(c: int, residual: bool, block_m: int = 0, itemsize: int = 2) -> 
     in two passes). Float32 tiles get half the elements (their one-pass tiles spill at the 16-bit sizes: 2.9 KB a
     thread for the fused add over 1024 features, scripts/hopper_build.py) and as few as 8 tokens (32 bytes)."""
     width = triton.next_power_of_2(c)
-    limit = MAX_TILE >> (residual + (itemsize > 2))  # the fused add holds x, its branch and their sum
+    limit = MAX_TILE >> (residual + (itemsize > 2))  # halved for the fused add (x, its branch, their sum), float32
     tokens = ADD_NORM_TOKENS if residual else NORM_TOKENS
     while itemsize > 2 and tokens > 8 and width * tokens > limit:
         tokens //= 2
