@@ -85,7 +85,8 @@ def hookable() -> str | None:
 @contextlib.contextmanager
 def compile_only() -> Iterator[list[dict]]:
     """Within it every Triton launch compiles for sm_90a and returns without running; yields the list each build
-    is appended to (kernel name, its constexpr keyword arguments, warps, stages, the CompiledKernel)."""
+    is appended to (kernel name, its constexpr keyword arguments, its tensors' dtypes, warps, stages, the
+    CompiledKernel)."""
     import triton
     from triton.runtime.jit import JITFunction
 
@@ -94,11 +95,12 @@ def compile_only() -> Iterator[list[dict]]:
 
     def build(self, *args, grid, warmup, **kwargs):
         kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
-        options = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages")}
+        options = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages", "enable_fp_fusion")}
         constexprs = {k: v for k, v in kwargs.items() if k not in options and not isinstance(v, torch.Tensor)}
+        dtypes = [str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor)]
         built.append({"kernel": self.fn.__name__, "module": self.fn.__module__, "constexprs": constexprs,
-                      "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages,
-                      "compiled": kernel})
+                      "dtypes": dtypes, "num_warps": kernel.metadata.num_warps,
+                      "num_stages": kernel.metadata.num_stages, "compiled": kernel})
         return kernel
 
     driver = triton.runtime.driver
@@ -122,15 +124,16 @@ def _cuobjdump(cubin: bytes, *flags: str) -> str:
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
     """Registers a thread, stack and local (spilled) bytes, as cuobjdump (shipped in Triton's wheel) reports them,
-    and the barriers inside the kernel's loops (SASS instructions between a backward branch and its target: a
-    barrier there is data exchanged between warps every step)."""
+    the SASS instructions (NOPs left out), and the barriers inside the kernel's loops (instructions between a
+    backward branch and its target: a barrier there is data exchanged between warps every step)."""
     dump = _cuobjdump(cubin, "--dump-resource-usage", "-sass")
     found = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", dump))
     code = [(int(at, 16), op) for at, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", dump)]
     loops = [(int(target, 16), at) for at, op in code for target in re.findall(r"\bBRA\s+0x([0-9a-f]+)", op)
              if int(target, 16) < at]
     barriers = sum(1 for at, op in code if re.search(r"\bBAR\b", op) and any(lo <= at <= hi for lo, hi in loops))
-    return {**{name.lower(): int(found[name]) for name in ("REG", "STACK", "LOCAL")}, "loop_barriers": barriers}
+    return {**{name.lower(): int(found[name]) for name in ("REG", "STACK", "LOCAL")}, "loop_barriers": barriers,
+            "instructions": sum(1 for _, op in code if not re.match(r"(@!?U?P\w+\s+)?NOP\b", op))}
 
 
 def package_kernels() -> set[str]:
@@ -231,7 +234,11 @@ def _block() -> None:
 
 
 def _models() -> None:
-    from sparsity_lab.models import column_major_attention, column_major_norm
+    from sparsity_lab.models import column_major_attention, column_major_norm, gelu
+
+    for dtype in (torch.bfloat16, torch.float16):
+        for block in (gelu.BLOCK // 2, gelu.BLOCK, 2 * gelu.BLOCK):  # 8, 16, 32 elements a thread
+            gelu._launch(_randn(64, 32, dtype=dtype), block)
 
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for c in (1024, 4096, 8192):  # ViT-L's width, Llama-3-8B's, and one past a single pass
@@ -290,8 +297,10 @@ def main() -> None:
         return
     for v in report["variants"]:
         flags = ", ".join(f"{k}={v}" for k, v in v["constexprs"].items())
-        print(f"{v['kernel']:30} warps {v['num_warps']:2} stages {v['num_stages']}  regs {v['reg']:3}  "
-              f"local {v['local']:4}  shared {v['shared']:6}  loop barriers {v['loop_barriers']:2}  {flags}")
+        print(f"{v['kernel']:30} {(v['dtypes'] or ['-'])[0]:9} warps {v['num_warps']:2} stages {v['num_stages']}  "
+              f"regs {v['reg']:3}  "
+              f"local {v['local']:4}  shared {v['shared']:6}  instructions {v['instructions']:5}  "
+              f"loop barriers {v['loop_barriers']:2}  {flags}")
     print(f"{len(report['variants'])} variants built for {report['arch']} by Triton {report['triton']} in "
           f"{report['seconds']} s; not built: {report['not_built'] or 'none'}")
 

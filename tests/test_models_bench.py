@@ -25,7 +25,10 @@ from sparsity_lab.models.profile import classify_kernel, predicted_ms
     ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel", "norms"),
     ("triton_red_fused_add_native_layer_norm_0", "norms"),
     ("_norm_t_kernel", "norms"),
-    ("void at::native::vectorized_elementwise_kernel<8, GeluCUDAKernelImpl>", "other"),
+    ("void at::native::vectorized_elementwise_kernel<8, GeluCUDAKernelImpl>", "GELU"),
+    ("triton_poi_fused_gelu_semi24_linear_t_t_view_1", "GELU"),
+    ("_gelu_kernel", "GELU"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::AddFunctor<float>>", "other"),
 ])
 def test_kernels_are_classified_by_name(name: str, kind: str) -> None:
     assert classify_kernel(name) == kind
@@ -35,8 +38,8 @@ def test_kernel_times_sum_by_class_and_the_longest_are_named() -> None:
     from sparsity_lab.models.profile import breakdown, top_kernels
 
     kernels = {"sm90_xmma_sparse_gemm_bf16": 2.0, "nvjet_sm90_tst_256x128": 1.5, "_norm_t_kernel": 0.25,
-               "vectorized_layer_norm_kernel": 0.5, "GeluCUDAKernelImpl": 0.125}
-    assert breakdown(kernels) == {"2:4 GEMM": 2.0, "dense GEMM": 1.5, "norms": 0.75, "other": 0.125}
+               "vectorized_layer_norm_kernel": 0.5, "GeluCUDAKernelImpl": 0.125, "AddFunctor": 0.0625}
+    assert breakdown(kernels) == {"2:4 GEMM": 2.0, "dense GEMM": 1.5, "norms": 0.75, "GELU": 0.125, "other": 0.062}
     top = top_kernels(kernels, 2)
     assert [k["kernel"] for k in top] == ["sm90_xmma_sparse_gemm_bf16", "nvjet_sm90_tst_256x128"]
     assert top[1]["class"] == "dense GEMM" and top[1]["ms"] == 1.5

@@ -25,7 +25,8 @@ transformers from the ``models`` extra):
 * **The 2:4 decode kernels** (`--models decode`): `semi24.decode_kernel.decode_speed` at the decoder's linears,
   1, 4 and 16 tokens: cuBLAS, cuSPARSELt and our fastest tensor-core and CUDA-core launches.
 * **The stream's kernels** (`--models stream`): the column-major norm (`models.column_major_norm.norm_speed`), alone
-  and fused with the residual add before it, at both models' shapes and the attention that reads a 2:4 qkv's output
+  and fused with the residual add before it, at both models' shapes, the GELU (`models.gelu.gelu_speed`, with a
+  copy of the same bytes) and the attention that reads a 2:4 qkv's output
   (`models.column_major_attention.attention_speed`) at ViT-L's, against PyTorch's on the layout a dense model has,
   per block size.
 
@@ -57,6 +58,8 @@ from sparsity_lab.course.results import RECORDED_DIR, load_results, record_envir
 from sparsity_lab.dispatch import group_name, tunable_layers, tune_
 from sparsity_lab.models.column_major_attention import attention_speed
 from sparsity_lab.models.column_major_norm import norm_speed
+from sparsity_lab.models.gelu import BLOCK as GELU_BLOCK
+from sparsity_lab.models.gelu import gelu_speed
 from sparsity_lab.models.profile import breakdown, kernel_times, top_kernels
 from sparsity_lab.models.stream import is_streamed
 from sparsity_lab.semi24.decode_kernel import decode_speed
@@ -406,8 +409,9 @@ def run_llama(dtype: torch.dtype, device: torch.device, recorder: Recorder, laye
 
 def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
     """The column-major stream's kernels alone, against PyTorch's on the layout a dense model has: the norm at
-    ViT-L's (LayerNorm) and the Llama-shaped prefill's (RMSNorm) shapes per token block, and the attention that
-    reads a 2:4 qkv's output at ViT-L's shape per (query, key) block."""
+    ViT-L's (LayerNorm) and the Llama-shaped prefill's (RMSNorm) shapes per token block, the GELU at ViT-L's fc1
+    output per program size (and a copy of its bytes), and the attention that reads a 2:4 qkv's output at ViT-L's
+    shape per (query, key) block."""
     name = str(dtype).replace("torch.", "")
     norm_speed(25216, 1024, dtype)  # untimed: an idle GPU's clock is still low for the first row
     for tokens, features, rms in ((25216, 1024, False), (16384, 4096, True)):
@@ -418,6 +422,10 @@ def run_stream_kernels(dtype: torch.dtype, recorder: Recorder) -> None:
                    "variant": f"column-major {what}, block_m {block_m or 'default'}"}
             recorder.variant("stream", row, lambda t=tokens, f=features, r=rms, b=block_m, a=residual: norm_speed(
                 t, f, dtype, r, block_m=b, residual=a))
+    for block in (GELU_BLOCK // 2, GELU_BLOCK, 2 * GELU_BLOCK):
+        row = {"model": "GELU", "dtype": name, "phase": "25216 x 4096 (ViT-L's fc1 output, column-major)",
+               "variant": f"ours, {block} elements a program", "compiled": False}
+        recorder.variant("stream", row, lambda b=block: gelu_speed(25216, 4096, dtype, block=b))
     for block_m, block_n, warps, stages in ((64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3)):
         row = {"model": "attention", "dtype": name, "phase": "128 images x 197 tokens, 16 heads x 64",
                "variant": f"column-major attention, block {block_m} x {block_n}, {warps} warps, {stages} stages",

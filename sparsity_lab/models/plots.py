@@ -10,7 +10,7 @@ from typing import Any
 from sparsity_lab.course.figures import go, titled
 
 CLASS_COLORS = {"dense GEMM": "#1f77b4", "2:4 GEMM": "#2ca02c", "layout copies": "#d62728", "attention": "#9467bd",
-                "norms": "#8c564b", "other": "#7f7f7f"}
+                "norms": "#8c564b", "GELU": "#e377c2", "other": "#7f7f7f"}
 TARGETS = {"ours 2:4 tuned": 1.18, "ours 2:4 column-major stream tuned": 1.18, "ours int8 2:4": 1.35,
            "ours block 64 90% MLP": 1.45}  # over dense eager
 LAYOUT_COLORS = {"row-major": "#1f77b4", "column-major": "#ff7f0e", "strided": "#7f7f7f"}

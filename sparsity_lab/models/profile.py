@@ -2,7 +2,7 @@
 save (Amdahl's law with the layout bill: only the GEMMs speed up, and re-layouts add time).
 
 `kernel_times(fn)` profiles a call (CUDA ms per kernel), `breakdown` sums them per class (`KERNEL_CLASSES`: 2:4
-GEMMs, dense GEMMs, layout copies, attention, norms, the rest) and `top_kernels` names the kernels behind the
+GEMMs, dense GEMMs, layout copies, attention, norms, GELU, the rest) and `top_kernels` names the kernels behind the
 totals; `predicted_ms(profile, gemm_speedup, ...)` turns a dense profile into the time a swap would take.
 Exercise 09 asks for the same prediction.
 """
@@ -19,6 +19,7 @@ KERNEL_CLASSES = (  # (class, substrings of CUDA kernel names), first match wins
     ("layout copies", ("copy", "transpose", "_row_major_kernel", "permute", "clone")),
     ("norms", ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "welford", "red_fused", "_norm_t_kernel")),
     ("dense GEMM", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "_mm_", "bsr", "_block_sparse")),
+    ("GELU", ("gelu",)),  # after the GEMMs: a GEMM with a GELU epilogue is a GEMM
 )
 
 

@@ -8,7 +8,8 @@ the input of its first block on. Then per block
     norm1 (ColumnMajorNorm: reads and writes column-major)  ->  qkv: 2:4, D = qkvᵀ  ->  attention
     (ColumnMajorAttention: reads q, k, v from D as it lies; or a dense qkv writes row-major q, k, v for SDPA)
     ->  proj: 2:4, y column-major  ->  residual add + norm2 (one kernel: both column-major)  ->  fc1: 2:4 reads
-    the norm in place  ->  GELU  ->  fc2: 2:4  ->  residual add + the next block's norm1 (one kernel)
+    the norm in place  ->  GELU (`models.gelu`: over D as it lies)  ->  fc2: 2:4  ->  residual add + the next
+    block's norm1 (one kernel)
 
 and the only copy left is the one at the stream's entry. Each residual add is fused with the norm that reads its
 sum (`ColumnMajorNorm.add_forward`: x and the branch read once, the sum and its norm written once, where an add
@@ -20,17 +21,19 @@ kept at all (the model tuned with and without it, timed whole: compiled, Inducto
 
 What is done: every norm `ColumnMajorNorm` takes (``nn.LayerNorm``, ``nn.RMSNorm``, ``LlamaRMSNorm``) and, with
 ``attention=True``, every self-attention `ColumnMajorAttention` takes (timm's ViT ``Attention``, our encoder's) is
-swapped for one sharing its weights, which takes either layout (so a norm before the stream computes as before);
-a forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
-``hidden_states=``) column-major; with ``fuse_residual=True``, the ``nn.Sequential`` that `first_block` begins
-becomes a `ResidualChain` where its blocks are known pre-norm blocks (our encoder's, timm's ViT ``Block``) with
-swapped norms -- the chain does the entry conversion itself, once, and the blocks, called alone, are as before.
-Values are unchanged: the streamed model computes what it computed before, up to the order of float sums; a call
-that needs gradients runs PyTorch's add, norm and SDPA (the kernels have no backward), so a streamed model trains
-as before. All or nothing: a name that is not a submodule, or a model already streamed, is refused before
-anything changes. `remove_column_major_stream_` undoes the entry hook (a chain then computes as the blocks do,
-from a row-major input); `layouts` shows what each norm, attention and linear reads and writes (its hooks make a
-chain call its blocks one by one, unfused).
+swapped for one sharing its weights, which takes either layout (so a norm before the stream computes as before); a
+forward pre-hook on `first_block` turns its hidden-state input (the first positional argument, or
+``hidden_states=``) column-major; with ``gelu_kernel=True``, every exact ``nn.GELU`` becomes `models.gelu.Gelu` (the
+same function in fewer instructions: the MLP's largest cost after its GEMMs); with ``fuse_residual=True``, the
+``nn.Sequential`` that `first_block` begins becomes a `ResidualChain` where its blocks are known pre-norm blocks
+(our encoder's, timm's ViT ``Block``) with swapped norms -- the chain does the entry conversion itself, once, and
+the blocks, called alone, are as before. Values are unchanged: the streamed model computes what it computed before,
+up to the order of float sums (and the last bit of a few GELU outputs); a call that needs gradients runs PyTorch's
+add, norm, GELU and SDPA (the kernels have no backward), so a streamed model trains as before. All or nothing: a
+name that is not a submodule, or a model already streamed, is refused before anything changes.
+`remove_column_major_stream_` undoes the entry hook (a chain then computes as the blocks do, from a row-major
+input); `layouts` shows what each norm, attention and linear reads and writes (its hooks make a chain call its
+blocks one by one, unfused).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from sparsity_lab.models import column_major_attention, column_major_norm
+from sparsity_lab.models import column_major_attention, column_major_norm, gelu
 from sparsity_lab.models.column_major_attention import ColumnMajorAttention
 from sparsity_lab.models.column_major_norm import ColumnMajorNorm, columns, to_column_major
 
@@ -67,13 +70,14 @@ def enters_stream(block: nn.Module) -> bool:
 
 
 def column_major_stream_(model: nn.Module, first_block: str, attention: bool = True,
-                         fuse_residual: bool = True) -> Report:
+                         fuse_residual: bool = True, gelu_kernel: bool = True) -> Report:
     """Keep `model`'s residual stream column-major from the input of `first_block` (e.g. ``"blocks.0"`` for timm's
     ViT, ``"layers.0"`` for a Hugging Face decoder) on, in place; with `attention`, also swap the self-attention
     modules `ColumnMajorAttention` takes, so a 2:4 qkv's output is read as it lies; with `fuse_residual`, swap the
     ``nn.Sequential`` whose first block is `first_block` for a `ResidualChain` (each residual add fused with the
-    norm after it) where `residual_chain.unfit` allows. Returns a `Report` for the block, every norm and every
-    attention (swapped, or why it was left) and for the blocks' container (chained, or why not)."""
+    norm after it) where `residual_chain.unfit` allows; with `gelu_kernel`, swap each ``nn.GELU`` `gelu.unfit`
+    allows for `gelu.Gelu`. Returns a `Report` for the block, every norm, attention and GELU (swapped, or why it
+    was left) and for the blocks' container (chained, or why not)."""
     from sparsity_lab.sparsify import LayerReport, Report
 
     if not isinstance(model, nn.Module):
@@ -90,6 +94,9 @@ def column_major_stream_(model: nn.Module, first_block: str, attention: bool = T
         kinds.append((column_major_attention.unfit, ColumnMajorAttention.from_attention,
                       "ColumnMajorAttention: reads a column-major qkv as it lies",
                       lambda m: type(m).__name__ == "Attention"))
+    if gelu_kernel:
+        kinds.append((gelu.unfit, lambda m: gelu.Gelu(), "Gelu: the exact GELU in fewer instructions (Triton)",
+                      lambda m: isinstance(m, nn.GELU)))
     report = Report({first_block: LayerReport(True, "its hidden-state input turned column-major (one copy a call)")})
     swaps = {}
     for fqn, module in model.named_modules():
