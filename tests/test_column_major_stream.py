@@ -37,10 +37,12 @@ CASES = [(64, 40, "float32", False, True, 0), (96, 33, "float16", True, True, 0)
 SHIFTED = (3000, 9, "float32", False, True, 64)
 TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 # attention: (images, tokens, heads, head_dim, dtype, block_m, block_n); sequences that fit no block, ViT-L's
-# head, and query tiles that hold the end of one image and the start of the next, or several whole images
+# head, query tiles that hold the end of one image and the start of the next, or several whole images, and key
+# tiles wholly inside an image (unmasked) between its border tiles
 ATTENTION_CASES = [(2, 37, 2, 16, "float16", 32, 16), (3, 20, 4, 32, "bfloat16", 64, 64),
                    (1, 70, 1, 64, "float16", 64, 32), (2, 65, 2, 64, "bfloat16", 32, 64),
-                   (5, 13, 2, 16, "float16", 64, 16), (4, 9, 2, 32, "bfloat16", 16, 32)]
+                   (5, 13, 2, 16, "float16", 64, 16), (4, 9, 2, 32, "bfloat16", 16, 32),
+                   (2, 100, 2, 32, "bfloat16", 16, 16)]
 
 
 def _run_cases(device: str = "cpu") -> dict[str, float]:
