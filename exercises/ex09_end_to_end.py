@@ -1,4 +1,4 @@
-"""Exercise 09: will the whole model get faster? Amdahl's law, with the layout bill; and two kernels' arithmetic.
+"""Exercise 09: will the whole model get faster? Amdahl's law, with the layout bill; and three kernels' arithmetic.
 
 Lecture: lectures/09_end_to_end.ipynb. Grade with `sparsity-lab grade ex09`.
 
@@ -53,6 +53,18 @@ when x or values is not 2-D, K is not a multiple of 4, values is not (N, K/2), o
 Worked example (the row of exercise 05, [5, 0, 7, 0,  0, 0, 0, 9], and one token x = [1, 2, ..., 8]):
     values = torch.tensor([[5.0, 7.0, 0.0, 9.0]]);  meta = torch.tensor([[232]], dtype=torch.uint8)
     matvec_simple(torch.arange(1.0, 9.0)[None], values, meta)   -> [[5*1 + 7*3 + 0*7 + 9*8]] = [[98.]]
+And the stream's GELU (section 3): GELU(x) = x Φ(x), usually written 0.5 x (1 + erf(x / √2)). For x < -5.5 that
+sum rounds to 0 in float32 (erf(x / √2) rounds to -1), and between -5.5 and -4 it keeps only a few correct bits.
+Written with the normal tail Q(t) = 1 - Φ(t) = erfc(t / √2) / 2 instead, both signs take one formula that loses
+nothing:  GELU(x) = max(x, 0) - |x| Q(|x|)  (for x >= 0: x - x Q(x) = x Φ(x); for x < 0: x Q(-x) = x Φ(x)).
+`models.gelu` computes Q as 2 ** h with a polynomial h; here use ``torch.special.erfc``. Write `gelu_from_tail(x)`:
+that formula, computed in float32 (float64 for a float64 x), returned in x's dtype and shape. It raises ValueError,
+naming x, when x is not a floating-point tensor. It does not modify x.
+
+Worked example (float64):
+    gelu_from_tail(torch.tensor([-6.0, 0.0, 1.0], dtype=torch.float64))  -> [-5.9195e-09, 0., 0.8413447]
+    F.gelu(torch.tensor(-6.0))                                            -> -0.   (float32: 1 + erf rounded to 0)
+    gelu_from_tail(torch.tensor(-6.0))                                    -> -5.9195e-09 (float32, 7 digits right)
 """
 
 import torch
@@ -79,3 +91,8 @@ def layer_norm_columns(d: torch.Tensor, weight: torch.Tensor | None = None, bias
 def matvec_simple(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """y = x Wᵀ for W in the simple 2:4 layout, without rebuilding W."""
     raise NotImplementedError("ex09: write matvec_simple")
+
+
+def gelu_from_tail(x: torch.Tensor) -> torch.Tensor:
+    """GELU(x) = max(x, 0) - |x| Q(|x|), Q the normal tail: no cancellation for negative x."""
+    raise NotImplementedError("ex09: write gelu_from_tail")

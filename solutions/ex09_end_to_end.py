@@ -1,5 +1,5 @@
 """Solution to exercise 09: the whole model's predicted time, Amdahl's law with the layout bill; a LayerNorm over
-the columns of a 2:4 layer's D; a decode step's product from the simple 2:4 layout."""
+the columns of a 2:4 layer's D; a decode step's product from the simple 2:4 layout; the GELU from the normal tail."""
 
 import torch
 
@@ -67,3 +67,13 @@ def matvec_simple(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor) -> 
     at = torch.stack([nibbles & 3, nibbles >> 2], dim=-1).expand(m, n, groups, 2)  # the kept positions
     picked = x4.gather(3, at)  # (M, N, G, 2): the x entries each kept value meets
     return (picked * pairs).sum(dim=(2, 3)).to(x.dtype)
+
+
+def gelu_from_tail(x: torch.Tensor) -> torch.Tensor:
+    """GELU(x) = max(x, 0) - |x| Q(|x|), Q the normal tail: no cancellation for negative x."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    wide = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    t = wide.abs()
+    tail = 0.5 * torch.special.erfc(t * 0.5**0.5)
+    return (wide.clamp_min(0) - t * tail).to(x.dtype)

@@ -1,5 +1,5 @@
 """Grader for exercise 09 (a whole model's predicted time and speed-up from its profile; a LayerNorm over the
-columns of a 2:4 layer's D; a decode step's product from the simple 2:4 layout)."""
+columns of a 2:4 layer's D; a decode step's product from the simple 2:4 layout; the GELU from the normal tail)."""
 
 import pytest
 import torch
@@ -113,3 +113,34 @@ def test_matvec_simple_is_x_times_the_dense_weight(exercise, tokens, n, k, dtype
 def test_matvec_simple_names_the_bad_argument(exercise, args, name):
     with pytest.raises(ValueError, match=name):
         exercise.matvec_simple(*args)
+
+
+def test_gelu_from_tail_worked_example(exercise):
+    y = exercise.gelu_from_tail(torch.tensor([-6.0, 0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(y, torch.tensor([-5.9195e-09, 0.0, 0.8413447], dtype=torch.float64), rtol=1e-4,
+                               atol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_gelu_from_tail_is_x_phi_x(exercise, dtype):
+    x = torch.linspace(-8, 8, 1601, dtype=torch.float64).to(dtype).reshape(1601, 1).expand(1601, 2)
+    before = x.clone()
+    y = exercise.gelu_from_tail(x)
+    exact = x.double() * 0.5 * torch.special.erfc(-x.double() * 0.5**0.5)
+    assert y.shape == x.shape and y.dtype == dtype and torch.equal(x, before)
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(y.double(), exact, rtol=tolerance, atol=0.0)  # relative: tiny tails too
+
+
+def test_gelu_from_tail_keeps_the_negative_tail_in_float32(exercise):
+    """Where 0.5 x (1 + erf(x / sqrt 2)) cancels in float32 (0 below -5.5), the tail form keeps every digit."""
+    x = torch.tensor([-4.5, -5.0, -6.0, -9.0])
+    exact = x.double() * 0.5 * torch.special.erfc(-x.double() * 0.5**0.5)
+    assert (F.gelu(x) == 0).sum() >= 2  # what the usual formula gives
+    torch.testing.assert_close(exercise.gelu_from_tail(x).double(), exact, rtol=1e-5, atol=0.0)
+
+
+@pytest.mark.parametrize("x", [torch.arange(4), [1.0, 2.0]])
+def test_gelu_from_tail_names_the_bad_argument(exercise, x):
+    with pytest.raises(ValueError, match="x"):
+        exercise.gelu_from_tail(x)
