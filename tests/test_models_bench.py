@@ -160,6 +160,14 @@ def test_recording_holds_checked_rows(recorded) -> None:
     assert not recorded.figures["failures"]
 
 
+def test_h100_recording_holds_checked_rows() -> None:
+    h100 = load_results("models_gpu_h100")
+    rows = [r for section in ("vit", "llama") for r in h100.figures[section] if "ms" in r]
+    assert {r["variant"] for r in rows} >= {"dense", "ours 2:4 column-major stream tuned", "ours 2:4", "ours fp8 2:4"}
+    assert all(r.get("rel_error", 0.0) <= 0.25 for r in rows)
+    assert "H100" in h100.environment["device"] and not h100.figures["failures"]
+
+
 def test_llama_figure_compares_compiled_with_compiled() -> None:
     pytest.importorskip("plotly")
     step = {"dtype": "bfloat16", "phase": "decode step (CUDA graph)", "batch": 1}
