@@ -3,7 +3,7 @@
 Why: in ViT-L's streamed forward the GELU over fc1's output (25 216 x 4096 per block) is the largest cost after
 the 2:4 GEMMs (docs/performance/models.md): 0.136 ms a call in PyTorch where a copy of the same bytes takes 0.101.
 It is not memory that limits it but instructions: an elementwise kernel that moves 4 bytes an element at the copy's
-speed has 29-33 instruction slots an element (132 SMs issue 4 warp instructions a cycle each, at 1.75-1.98 GHz, over
+speed has 29-33 instruction slots an element (132 SMs, each issuing 4 warp instructions a cycle, at 1.75-1.98 GHz, over
 0.101 ms for 103 M elements), and the erf GELU takes 35 (a probe: this kernel with libdevice's ``erf``, compiled
 for sm_90a as scripts/hopper_build.py compiles; the tanh approximation takes 11 and runs at copy speed, but rounds
 8.5% of bf16 outputs differently). So compute the erf GELU with fewer instructions:
